@@ -1,0 +1,1 @@
+"""Data ingestion, preprocessing and the prepared-array format every later stage reads."""

@@ -1,0 +1,116 @@
+"""The prepared-data format: what ``prepare`` writes and every later stage reads.
+
+Layout of the ``prepare`` output folder (default ``data/processed``)::
+
+    metadata.csv            one row per kept image, in array order within each split
+    summary.json            counts, patients, rejected files, duplicates, leakage, data_source
+    rejected.csv            file, reason (files skipped by prepare)
+    <variant>/<split>.npy   uint8 array (N, crop, crop); variant in params prepare.variants
+                            (``plain``: classifiers, ``clahe``: autoencoder)
+
+Splits: ``train`` (official train minus the carved validation patients), ``val`` (carved from
+train, patient-grouped and stratified), ``test`` (official test), ``val_official`` (the official
+val folder, kept as an extra evaluation set).
+
+metadata.csv columns: ``split, index, file, official_split, label, subtype, patient, sha256,
+orig_width, orig_height``; ``label`` is ``NORMAL``/``PNEUMONIA``, ``subtype`` is
+``normal``/``bacteria``/``virus`` or ``unknown`` (sources without subtypes, e.g. medmnist).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SPLITS = ("train", "val", "test", "val_official")
+METADATA_COLUMNS = (
+    "split", "index", "file", "official_split", "label", "subtype", "patient", "sha256",
+    "orig_width", "orig_height",
+)
+SUBTYPE_TO_3 = {"normal": 0, "bacteria": 1, "virus": 2}
+
+
+@dataclass
+class SplitData:
+    """One split of the prepared data.
+
+    Attributes:
+        images: uint8 array (N, H, W), memory-mapped read-only.
+        meta: metadata rows of this split, in array order.
+        data_source: ``kermany``, ``medmnist`` or ``demo`` (from summary.json).
+    """
+
+    split: str
+    variant: str
+    images: np.ndarray
+    meta: pd.DataFrame
+    data_source: str
+
+    @property
+    def y_binary(self) -> np.ndarray:
+        """0 normal, 1 pneumonia."""
+        return (self.meta["label"].to_numpy() == "PNEUMONIA").astype(np.int64)
+
+    @property
+    def y_3class(self) -> np.ndarray:
+        """0 normal, 1 bacteria, 2 virus; raises if any subtype is unknown."""
+        sub = self.meta["subtype"].to_numpy()
+        if np.any(sub == "unknown"):
+            raise ValueError(
+                f"split {self.split!r} has images without a bacteria/virus subtype "
+                f"(data_source={self.data_source}); the 3-class task needs the Kermany file names"
+            )
+        return np.array([SUBTYPE_TO_3[s] for s in sub], dtype=np.int64)
+
+    @property
+    def has_subtypes(self) -> bool:
+        return not bool(np.any(self.meta["subtype"].to_numpy() == "unknown"))
+
+    @property
+    def patients(self) -> np.ndarray:
+        return self.meta["patient"].to_numpy()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __repr__(self) -> str:
+        counts = self.meta["subtype"].value_counts().to_dict()
+        return (f"SplitData(split={self.split!r}, variant={self.variant!r}, n={len(self)}, "
+                f"shape={tuple(self.images.shape[1:])}, source={self.data_source!r}, "
+                f"subtypes={counts})")
+
+
+def read_summary(processed_dir: str | Path) -> dict:
+    path = Path(processed_dir) / "summary.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; run the prepare stage first")
+    return json.loads(path.read_text())
+
+
+def load_split(processed_dir: str | Path, split: str, variant: str = "plain") -> SplitData:
+    """Load one split of the prepared data (images memory-mapped)."""
+    root = Path(processed_dir)
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    arr_path = root / variant / f"{split}.npy"
+    if not arr_path.is_file():
+        raise FileNotFoundError(
+            f"{arr_path}: missing (variant {variant!r}, split {split!r}); check prepare.variants "
+            "in params.yaml and rerun prepare"
+        )
+    meta_path = root / "metadata.csv"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path}: missing; run the prepare stage first")
+    meta = pd.read_csv(meta_path, dtype={"patient": str, "file": str})
+    meta = meta[meta["split"] == split].sort_values("index").reset_index(drop=True)
+    images = np.load(arr_path, mmap_mode="r")
+    if len(images) != len(meta):
+        raise ValueError(
+            f"{arr_path}: {len(images)} images but metadata.csv lists {len(meta)} for split "
+            f"{split!r}; the prepared data is inconsistent, rerun prepare"
+        )
+    return SplitData(split, variant, images, meta, read_summary(root).get("data_source", "unknown"))

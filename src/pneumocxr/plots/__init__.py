@@ -1,0 +1,1 @@
+"""Matplotlib figures of every stage (one module per stage group)."""

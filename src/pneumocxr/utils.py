@@ -1,0 +1,57 @@
+"""Run-wide helpers: determinism, device and thread resolution."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def set_determinism(seed: int, deterministic_algorithms: bool = True) -> None:
+    """Seed python, numpy and torch, and ask torch for deterministic kernels.
+
+    DataLoader workers derive their seeds from torch's, so seeding here covers them too
+    (pass ``worker_init_fn=seed_worker`` when workers use numpy).
+    """
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic_algorithms:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def seed_worker(worker_id: int) -> None:  # pragma: no cover - runs in worker processes
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available, else cpu. ``cuda`` without a GPU is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda was requested but no CUDA GPU is visible; use auto or cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, not {name!r}")
+    return torch.device(name)
+
+
+def set_threads(n: int) -> int:
+    """Make torch (and OpenCV) use ``n`` threads, the rule's ``threads``. Returns ``n``."""
+    n = max(1, int(n))
+    torch.set_num_threads(n)
+    try:
+        import cv2
+
+        cv2.setNumThreads(n)
+    except ImportError:  # pragma: no cover
+        pass
+    return n
