@@ -3,10 +3,13 @@
 Layout of the ``prepare`` output folder (default ``data/processed``)::
 
     metadata.csv            one row per kept image, in array order within each split
-    summary.json            counts, patients, rejected files, duplicates, leakage, data_source
-    rejected.csv            file, reason (files skipped by prepare)
+    info.json               data_source, root, resize, crop, variants, clahe, counts per split
     <variant>/<split>.npy   uint8 array (N, crop, crop); variant in params prepare.variants
                             (``plain``: classifiers, ``clahe``: autoencoder)
+
+The human-facing reports of ``prepare`` live in ``results/data/``: ``summary.json`` (counts per
+split/class/subtype, patients, rejected files, duplicate groups, leakage; a DVC metric),
+``rejected.csv`` (file, reason) and ``overview.png``.
 
 Splits: ``train`` (official train minus the carved validation patients), ``val`` (carved from
 train, patient-grouped and stratified), ``test`` (official test), ``val_official`` (the official
@@ -41,7 +44,7 @@ class SplitData:
     Attributes:
         images: uint8 array (N, H, W), memory-mapped read-only.
         meta: metadata rows of this split, in array order.
-        data_source: ``kermany``, ``medmnist`` or ``demo`` (from summary.json).
+        data_source: ``kermany``, ``medmnist`` or ``demo`` (from info.json).
     """
 
     split: str
@@ -84,8 +87,8 @@ class SplitData:
                 f"subtypes={counts})")
 
 
-def read_summary(processed_dir: str | Path) -> dict:
-    path = Path(processed_dir) / "summary.json"
+def read_info(processed_dir: str | Path) -> dict:
+    path = Path(processed_dir) / "info.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; run the prepare stage first")
     return json.loads(path.read_text())
@@ -113,4 +116,4 @@ def load_split(processed_dir: str | Path, split: str, variant: str = "plain") ->
             f"{arr_path}: {len(images)} images but metadata.csv lists {len(meta)} for split "
             f"{split!r}; the prepared data is inconsistent, rerun prepare"
         )
-    return SplitData(split, variant, images, meta, read_summary(root).get("data_source", "unknown"))
+    return SplitData(split, variant, images, meta, read_info(root).get("data_source", "unknown"))
