@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,13 +71,9 @@ class StageIO:
                 h.close()
 
 
-def _named(items) -> dict[str, str]:
-    """Snakemake's Namedlist -> {name: path}; unnamed entries are keyed by position."""
-    names = dict(items.items()) if hasattr(items, "items") else {}
-    out = {k: str(v) for k, v in names.items()}
-    if not out:
-        out = {str(i): str(v) for i, v in enumerate(items)}
-    return out
+def _named(items) -> dict[str, Any]:
+    """Snakemake's Namedlist -> {name: path or list of paths} (every rule names its files)."""
+    return {k: ([str(x) for x in v] if isinstance(v, list) else str(v)) for k, v in items.items()}
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
@@ -118,5 +115,6 @@ def stage_io(script_globals: dict[str, Any], argv: list[str] | None = None) -> S
         output=_pairs(args.output, "--output"),
         params={name: cfg[name] for name in args.params},
         log=args.log,
-        threads=args.threads,
+        # DVC does not schedule cores: the rule's declared threads, capped at this machine's.
+        threads=max(1, min(args.threads, os.cpu_count() or 1)),
     )

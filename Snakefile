@@ -1,0 +1,24 @@
+# pneumocxr: pneumonia detection and typing on pediatric chest X-rays.
+#
+#   snakemake --cores 8 all                                  # real data (params.yaml)
+#   snakemake --cores 2 all --configfile config/demo.yaml    # embedded synthetic demo
+#
+# params.yaml is the one config; overlays in config/ are merged on top (--configfile).
+# dvc.yaml is generated from this workflow (`make dvc.yaml`); tests/test_dvc_sync.py checks it.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,54 @@
+# Shared helpers of the rules: validated config, raw-data inputs, the list of final targets.
+
+import os
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+from pneumocxr.config import ParamsError, validate
+from pneumocxr.data.sources import DataLayoutError, raw_data_files
+
+# The package's validator (jsonschema + the defaults and cross-field checks of
+# workflow/schemas/params.schema.yaml) is the one that DVC's route uses too, so both engines
+# accept and reject the same params with the same message.
+try:
+    validate(config)
+except ParamsError as err:
+    raise WorkflowError(str(err)) from None
+
+# Rule scripts import the pneumocxr package. In the project venv it is installed; in
+# `--use-conda` envs (built from requirements.txt pins only) it is found through PYTHONPATH.
+_SRC = str(Path(workflow.basedir) / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p
+)
+
+DATA_SOURCE = config["data"]["source"]
+DEMO_ROOT = "data/demo/chest_xray"
+PROCESSED = "data/processed"
+ENV = "../envs/pneumocxr.yaml"
+
+
+def _raw_inputs():
+    """Every raw image (or the .npz) under data.root, so replacing one file reruns prepare.
+
+    The demo folder is an output of make_demo, so it is returned whole for the DAG to link.
+    A missing or malformed data folder stops the workflow here, before anything runs.
+    """
+    root = config["data"]["root"]
+    if DATA_SOURCE == "demo" and Path(root) == Path(DEMO_ROOT):
+        return [root]
+    try:
+        return raw_data_files(DATA_SOURCE, root)
+    except DataLayoutError as err:
+        raise WorkflowError(str(err)) from None
+
+
+RAW_INPUTS = _raw_inputs()
+
+
+def all_targets():
+    return [
+        "results/data/summary.json",
+        "results/data/overview.png",
+    ]
