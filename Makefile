@@ -22,7 +22,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)  ## whole pipeline on the synthetic demo data (offline, minutes on 2 cores)
-	$(SMK) --configfile config/demo.yaml all
+	$(SMK) all --configfile config/demo.yaml
 
 run: $(STAMP)  ## whole pipeline on real data at data/raw/chest_xray (params.yaml)
 	$(SMK) all
@@ -41,7 +41,7 @@ dvc-demo: $(STAMP)  ## the demo through DVC: overlay -> `dvc exp run -S ...`
 	$(BIN)/dvc exp run $$($(BIN)/pneumocxr params --overlay config/demo.yaml --dvc-set)
 
 dag: $(STAMP)
-	$(BIN)/snakemake --configfile config/demo.yaml --rulegraph all | dot -Tpng > docs/rulegraph.png
+	$(BIN)/snakemake all --rulegraph --configfile config/demo.yaml | dot -Tpng > docs/rulegraph.png
 
 clean:  ## remove pipeline outputs (not the venv, not the DVC cache)
 	rm -rf data/processed data/demo results/* logs benchmarks .snakemake

@@ -1,6 +1,5 @@
 # Shared helpers of the rules: validated config, raw-data inputs, the list of final targets.
 
-import os
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -15,13 +14,6 @@ try:
     validate(config)
 except ParamsError as err:
     raise WorkflowError(str(err)) from None
-
-# Rule scripts import the pneumocxr package. In the project venv it is installed; in
-# `--use-conda` envs (built from requirements.txt pins only) it is found through PYTHONPATH.
-_SRC = str(Path(workflow.basedir) / "src")
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p
-)
 
 DATA_SOURCE = config["data"]["source"]
 DEMO_ROOT = "data/demo/chest_xray"

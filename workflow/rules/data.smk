@@ -4,15 +4,15 @@
 rule make_demo:
     output:
         root=directory(DEMO_ROOT),
-    params:
-        demo=config["demo"],
     log:
         "logs/make_demo.log",
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=1000,
-    conda:
-        ENV
+    params:
+        demo=config["demo"],
     script:
         "../scripts/make_demo.py"
 
@@ -29,18 +29,18 @@ rule prepare:
             caption="../report/data_overview.rst",
             category="Data",
         ),
-    params:
-        data=config["data"],
-        prepare=config["prepare"],
-        seed=config["seed"],
     log:
         "logs/prepare.log",
     benchmark:
         "benchmarks/prepare.tsv"
+    conda:
+        ENV
     threads: 4
     resources:
         mem_mb=4000,
-    conda:
-        ENV
+    params:
+        data=config["data"],
+        prepare=config["prepare"],
+        seed=config["seed"],
     script:
         "../scripts/prepare.py"
