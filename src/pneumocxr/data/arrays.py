@@ -18,6 +18,12 @@ val folder, kept as an extra evaluation set).
 metadata.csv columns: ``split, index, file, official_split, label, subtype, patient, sha256,
 orig_width, orig_height``; ``label`` is ``NORMAL``/``PNEUMONIA``, ``subtype`` is
 ``normal``/``bacteria``/``virus`` or ``unknown`` (sources without subtypes, e.g. medmnist).
+``file`` is the path relative to ``data.root`` (``train/NORMAL/IM-0115-0001.jpeg``) or, for an
+npz, ``{split}_images[i]``; ``official_split`` is the folder/npz split (``train``/``val``/``test``)
+the image came from; ``sha256`` is of the file bytes (npz: of the image's array bytes);
+``orig_width``/``orig_height`` are the stored image size before preprocessing. Rows are ordered
+by official split, class folder and file name (npz: index), so array order never depends on the
+number of threads.
 """
 
 from __future__ import annotations

@@ -11,11 +11,12 @@ from pathlib import Path
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 KAGGLE_SPLITS = ("train", "val", "test")
+REQUIRED_SPLITS = ("train", "test")  # the Mendeley download has no val folder
 KAGGLE_CLASSES = ("NORMAL", "PNEUMONIA")
 
 LAYOUT_HELP = """\
 expected the Kaggle "Chest X-Ray Images (Pneumonia)" layout:
-    {root}/{{train,val,test}}/{{NORMAL,PNEUMONIA}}/*.jpeg
+    {root}/{{train,val,test}}/{{NORMAL,PNEUMONIA}}/*.jpeg   (val optional)
 Get it from Kaggle (paultimothymooney/chest-xray-pneumonia) or Mendeley Data
 (doi:10.17632/rscbjbr9sj.2) and put (or symlink) the chest_xray folder there, or set data.root.
 No data at hand? Run the embedded synthetic demo instead:
@@ -44,7 +45,8 @@ def raw_data_files(source: str, root: str | Path) -> list[str]:
         raise DataLayoutError(f"unknown data.source {source!r}; use kermany, medmnist or demo")
     if not root.is_dir():
         raise DataLayoutError(f"{root}: data folder not found; " + LAYOUT_HELP.format(root=root))
-    missing = [f"{s}/{c}" for s in KAGGLE_SPLITS for c in KAGGLE_CLASSES if not (root / s / c).is_dir()]
+    missing = [f"{s}/{c}" for s in REQUIRED_SPLITS for c in KAGGLE_CLASSES
+               if not (root / s / c).is_dir()]
     if missing:
         raise DataLayoutError(
             f"{root}: missing sub-folders {', '.join(missing)}; " + LAYOUT_HELP.format(root=root)
@@ -53,6 +55,7 @@ def raw_data_files(source: str, root: str | Path) -> list[str]:
         str(p)
         for s in KAGGLE_SPLITS
         for c in KAGGLE_CLASSES
+        if (root / s / c).is_dir()
         for p in (root / s / c).iterdir()
         if p.is_file() and not p.name.startswith(".")
     )
