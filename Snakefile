@@ -16,6 +16,8 @@ configfile: "params.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/classify.smk"
+include: "workflow/rules/embed.smk"
 
 
 rule all:

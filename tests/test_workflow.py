@@ -65,7 +65,8 @@ def test_every_snakemake_job_has_a_dvc_twin_with_the_same_files_and_params(repo_
     assert {workflow_sync.stage_name(s) for s in specs} == set(stages)
     for spec in specs:
         stage = stages[workflow_sync.stage_name(spec)]
-        declared = set(stage.get("outs", [])) | set(stage.get("metrics", [])) | set(stage.get("plots", []))
+        plots = {next(iter(p)) if isinstance(p, dict) else p for p in stage.get("plots", [])}
+        declared = set(stage.get("outs", [])) | set(stage.get("metrics", [])) | plots
         assert declared == set(spec.output.values()), spec.rule
         assert stage.get("params", []) == spec.params, spec.rule
         assert spec.script in stage["deps"] and Path(spec.script).is_file()

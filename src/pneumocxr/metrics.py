@@ -114,3 +114,46 @@ def youden_threshold(y_true: np.ndarray, score: np.ndarray) -> dict[str, float]:
     i = int(np.argmax(tpr - fpr))
     return {"threshold": float(thr[i]), "sensitivity": float(tpr[i]),
             "specificity": float(1.0 - fpr[i])}
+
+
+def bootstrap_cis(
+    statistics: Callable[..., dict[str, float]],
+    arrays: Sequence[np.ndarray],
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, dict[str, float]]:
+    """:func:`bootstrap_ci` for a statistic returning several named values at once.
+
+    Same patient resampling (same seed -> same replicates as :func:`bootstrap_ci`); each
+    replicate evaluates ``statistics`` once, so a confusion matrix is built once for all the
+    rates derived from it. A value that is NaN (undefined) in a replicate is dropped for that
+    key only; ``n_valid`` counts the replicates kept per key.
+    """
+    arrays = [np.asarray(a) for a in arrays]
+    n = len(arrays[0])
+    if groups is None:
+        groups = np.arange(n)
+    groups = np.asarray(groups)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    point = {k: float(v) for k, v in statistics(*arrays).items()}
+    values: dict[str, list[float]] = {k: [] for k in point}
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(uniq), size=len(uniq))
+        idx = np.concatenate([members[g] for g in pick])
+        for key, v in statistics(*[a[idx] for a in arrays]).items():
+            if key in values and np.isfinite(v):
+                values[key].append(float(v))
+    out = {}
+    for key, v in point.items():
+        if values[key]:
+            lo, hi = np.quantile(values[key], [alpha / 2, 1 - alpha / 2])
+            out[key] = {"value": v, "ci_low": float(lo), "ci_high": float(hi),
+                        "n_valid": len(values[key])}
+        else:
+            out[key] = {"value": v, "ci_low": float("nan"), "ci_high": float("nan"),
+                        "n_valid": 0}
+    return out

@@ -125,7 +125,7 @@ def _category(name: str, path: str) -> str:
 
 
 def stage_name(spec: JobSpec) -> str:
-    parts = [spec.rule] + [re.sub(r"[^A-Za-z0-9_-]", "-", v) for _, v in sorted(spec.wildcards.items())]
+    parts = [spec.rule] + [re.sub(r"[^A-Za-z0-9_-]", "-", v) for v in spec.wildcards.values()]
     return "_".join(parts)
 
 
@@ -153,9 +153,13 @@ def dvc_stages(specs: list[JobSpec], config: dict[str, Any]) -> dict[str, Any]:
         stage: dict[str, Any] = {"cmd": " ".join(cmd), "deps": deps}
         if spec.params:
             stage["params"] = list(spec.params)
-        groups: dict[str, list[str]] = {"outs": [], "metrics": [], "plots": []}
+        groups: dict[str, list[Any]] = {"outs": [], "metrics": [], "plots": []}
         for name, path in spec.output.items():
-            groups[_category(name, path)].append(path)
+            category = _category(name, path)
+            if category == "plots" and name.startswith("history"):
+                groups[category].append({path: {"x": "epoch"}})  # per-epoch curves
+            else:
+                groups[category].append(path)
         for key in ("outs", "metrics", "plots"):
             if groups[key]:
                 stage[key] = groups[key]

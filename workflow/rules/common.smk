@@ -3,6 +3,7 @@
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 from pneumocxr.config import ParamsError, validate
 from pneumocxr.data.sources import DataLayoutError, raw_data_files
@@ -18,6 +19,23 @@ except ParamsError as err:
 DATA_SOURCE = config["data"]["source"]
 DEMO_ROOT = "data/demo/chest_xray"
 PROCESSED = "data/processed"
+MODELS = "results/models"
+ARCHS = list(config["train"]["archs"])
+# Sources without bacteria/virus subtypes (medmnist) have no 3-class task: its stages are
+# left out of `all` (with a message), never run on wrong labels.
+TASKS = ["binary", "3class"] if DATA_SOURCE != "medmnist" else ["binary"]
+if "3class" not in TASKS:
+    logger.warning(
+        f"data.source={DATA_SOURCE} has no bacteria/virus subtypes: "
+        "the 3-class stages are skipped"
+    )
+
+
+wildcard_constraints:
+    task="binary|3class",
+    arch="[a-z0-9_]+",
+
+
 ENV = "../envs/pneumocxr.yaml"
 
 
@@ -39,8 +57,20 @@ def _raw_inputs():
 RAW_INPUTS = _raw_inputs()
 
 
+def classifier_metrics(wildcards=None):
+    """Every trained classifier's metrics JSON, named ``<task>_<arch>``."""
+    return {
+        f"{task}_{arch}": f"results/classify/{task}/{arch}/metrics.json"
+        for task in TASKS
+        for arch in ARCHS
+    }
+
+
 def all_targets():
     return [
         "results/data/summary.json",
         "results/data/overview.png",
+        *classifier_metrics().values(),
+        "results/classify/model_comparison.png",
+        *expand("results/embed/{task}/{arch}/metrics.json", task=TASKS, arch=ARCHS),
     ]

@@ -1,0 +1,373 @@
+"""Experiments behind the anomaly stage's design: which autoencoder and, above all, which score.
+
+The study's detector done plainly (conv autoencoder, CLAHE, 128 px, MSE, trained on normal
+images) ranks the held-out pneumonia images as *less* anomalous than the normal ones. This
+script trains the autoencoders compared in the note and scores each with every candidate score
+of :mod:`pneumocxr.anomaly` (pixel errors, feature-space errors, densities fitted on the normal
+training images), with the threshold chosen on ``val`` (EER) and applied to ``test``.
+
+Data: the shared Kermany copy (``../shared/data/kermany``), decoded once into a prepared-format
+folder (``metadata.csv``, ``info.json``, ``<variant>/<split>.npy``; :func:`build_arrays`) in
+``/tmp`` so the library reads it with ``load_split`` exactly as the stage does: grayscale, CLAHE
+(clip 2, tile 8), shorter side 146, center crop 128; ``val`` = ~10% of the train patients
+(patient-grouped, label-stratified); ``test`` = the shared dev test split (patient-disjoint).
+
+    .venv/bin/python bench/anomaly_experiments.py all          # everything (hours on 2 CPUs)
+    .venv/bin/python bench/anomaly_experiments.py train --name ae_seed42
+    .venv/bin/python bench/anomaly_experiments.py score --name ae_seed42 [--epoch 15]
+    .venv/bin/python bench/anomaly_experiments.py collect      # -> bench/results/*.json
+
+Training is resumable (the library's ResumeCache under the scratch folder); scores of each
+(model, epoch) are cached as JSON there, and ``collect`` gathers them into
+``bench/results/anomaly_experiments.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.model_selection import StratifiedGroupKFold
+
+from pneumocxr import anomaly
+from pneumocxr.checkpoint import ResumeCache, params_key
+from pneumocxr.data.arrays import load_split
+from pneumocxr.metrics import auroc, binary_rates, eer_threshold
+from pneumocxr.utils import set_determinism
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "kermany"
+SCRATCH = Path("/tmp/anomaly_scratch")
+DATA = Path("/tmp/pneumocxr_anomaly_data")
+RESULTS = REPO / "bench" / "results" / "anomaly_experiments.json"
+
+BASE = {"input_size": 128, "channels": [16, 32, 64, 128], "latent_dim": 128, "epochs": 30,
+        "batch_size": 32, "lr": 1e-3, "seed": 42}
+
+#: The autoencoders compared: name -> (config over BASE, prepared variant, what it tests).
+EXPERIMENTS: dict[str, tuple[dict, str, str]] = {
+    "ae_seed42": ({}, "clahe", "the study's setting: conv AE, CLAHE, 128 px, MSE, 30 epochs"),
+    "vae_seed42": ({"variational": True, "kl_weight": 1.0, "epochs": 15}, "clahe",
+                   "variational variant (KL weight 1 per image, loss per pixel), 15 epochs"),
+    "ae_seed1": ({"seed": 1, "epochs": 15}, "clahe", "another seed, 15 epochs (seed spread)"),
+}
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def _load(path: Path, clahe: cv2.CLAHE | None, resize: int, crop: int) -> np.ndarray:
+    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if img is None:
+        raise FileNotFoundError(f"{path}: unreadable image")
+    if clahe is not None:
+        img = clahe.apply(img)
+    h, w = img.shape
+    scale = resize / min(h, w)
+    img = cv2.resize(img, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    h, w = img.shape
+    top, left = (h - crop) // 2, (w - crop) // 2
+    return img[top:top + crop, left:left + crop]
+
+
+def build_arrays(out: Path = DATA, root: Path = SHARED, resize: int = 146, crop: int = 128,
+                 val_fraction: float = 0.1, seed: int = 42) -> Path:
+    """Write the prepared-format folder ``out`` from the shared Kermany copy (once)."""
+    out = Path(out)
+    if (out / "info.json").is_file():
+        return out
+    if not (root / "manifest.csv").is_file():
+        raise FileNotFoundError(f"{root / 'manifest.csv'}: the shared Kermany data is missing")
+    manifest = pd.read_csv(root / "manifest.csv", dtype=str)
+    manifest = manifest[manifest["split"].isin(["train", "test"])].reset_index(drop=True)
+    train = manifest[manifest["split"] == "train"]
+    sgkf = StratifiedGroupKFold(n_splits=round(1 / val_fraction), shuffle=True,
+                                random_state=seed)
+    _, val_idx = next(sgkf.split(train, train["label"], groups=train["patient_key"]))
+    manifest.loc[train.index[val_idx], "split"] = "val"
+    clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8))
+    rows, arrays = [], {"plain": {}, "clahe": {}}
+    for split in ("train", "val", "test"):
+        part = manifest[manifest["split"] == split].sort_values("filename").reset_index(drop=True)
+        plain, eq = [], []
+        for i, row in enumerate(part.itertuples()):
+            path = root.parent / row.path
+            plain.append(_load(path, None, resize, crop))
+            eq.append(_load(path, clahe, resize, crop))
+            rows.append({"split": split, "index": i, "file": row.filename,
+                         "official_split": row.official_split, "label": row.label,
+                         "subtype": row.subtype, "patient": row.patient_key,
+                         "sha256": row.sha256, "orig_width": 224, "orig_height": 224})
+        arrays["plain"][split] = np.stack(plain)
+        arrays["clahe"][split] = np.stack(eq)
+    for variant, splits in arrays.items():
+        (out / variant).mkdir(parents=True, exist_ok=True)
+        for split, arr in splits.items():
+            np.save(out / variant / f"{split}.npy", arr)
+    pd.DataFrame(rows).to_csv(out / "metadata.csv", index=False)
+    info = {"data_source": "kermany", "root": str(root / "chest_xray"), "resize": resize,
+            "crop": crop, "variants": ["plain", "clahe"],
+            "clahe": {"clip_limit": 2.0, "tile_grid": 8},
+            "counts": {s: int(len(a)) for s, a in arrays["plain"].items()}}
+    (out / "info.json").write_text(json.dumps(info, indent=2))
+    return out
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _cfg(name: str) -> tuple[dict, str]:
+    over, variant, _ = EXPERIMENTS[name]
+    return BASE | over, variant
+
+
+def _key(name: str) -> str:
+    cfg, variant = _cfg(name)
+    return params_key(cfg, variant)
+
+
+def _model(cfg: dict) -> anomaly.ConvAutoencoder:
+    return anomaly.ConvAutoencoder(cfg["input_size"], cfg["channels"], cfg["latent_dim"],
+                                   variational=cfg.get("variational", False))
+
+
+def train(name: str, progress: bool = False) -> Path:
+    """Train one autoencoder (resumable); weights every 5 epochs and the best/last at the end."""
+    cfg, variant = _cfg(name)
+    key = _key(name)
+    out = SCRATCH / "models" / f"{key}.pt"
+    if out.is_file():
+        return out
+    set_determinism(cfg["seed"])
+    tr = load_split(DATA, "train", variant)
+    va = load_split(DATA, "val", variant)
+    s = cfg["input_size"]
+    x = anomaly.to_tensor(tr.images[tr.y_binary == 0], s)
+    xv = anomaly.to_tensor(va.images[va.y_binary == 0], s)
+    model = _model(cfg)
+    snaps = SCRATCH / "snapshots" / key
+    snaps.mkdir(parents=True, exist_ok=True)
+
+    def snapshot(epoch: int, row: dict) -> None:
+        if epoch % 5 == 0:
+            torch.save(model.state_dict(), snaps / f"epoch{epoch:03d}.pt")
+
+    t0 = time.time()
+    res = anomaly.fit_autoencoder(model, x, xv, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+                                  lr=cfg["lr"], kl_weight=cfg.get("kl_weight", 1.0),
+                                  seed=cfg["seed"],
+                                  cache=ResumeCache("anomaly_exp", key, SCRATCH / "resume"),
+                                  progress=progress, on_epoch_end=snapshot)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"best": res["best_state"], "last": model.state_dict(), "cfg": cfg,
+                "variant": variant, "history": res["history"], "best_epoch": res["best_epoch"],
+                "seconds": time.time() - t0}, out)
+    return out
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def candidate_scores() -> dict[str, anomaly.AnomalyScore]:
+    """Every score variant compared (name -> unfitted scorer)."""
+    c: dict[str, anomaly.AnomalyScore] = {}
+    for kind in ("mse", "ssim", "gradient"):
+        c[f"{kind}_mean"] = anomaly.ReconstructionError(kind, "mean")
+        c[f"{kind}_top1pct"] = anomaly.ReconstructionError(kind, "topk", 0.01)
+    c["feature_error_mean"] = anomaly.FeatureError("mean")
+    c["latent_mahalanobis"] = anomaly.LatentDensity("mahalanobis")
+    c["latent_knn5"] = anomaly.LatentDensity("knn", 5)
+    c["feature_stats_all"] = anomaly.FeatureStatsDensity()
+    for lv in range(4):
+        c[f"feature_stats_L{lv}"] = anomaly.FeatureStatsDensity([lv])
+    for lv in (1, 2, 3):
+        c[f"patch_L{lv}_mean"] = anomaly.PatchDensity(lv, "mean")
+        c[f"patch_L{lv}_top10pct"] = anomaly.PatchDensity(lv, "topk", 0.1)
+    return c
+
+
+def _forwards(model, x, batch_size=64, recon_feats=True):
+    for i in range(0, len(x), batch_size):
+        yield anomaly.forward_batch(model, x[i:i + batch_size], recon_feats=recon_feats)
+
+
+def score(name: str, epoch: int | None = None) -> dict:
+    """Fit every candidate score on train normals; AUROC on val and test, EER-threshold rates.
+
+    ``epoch``: score the weights saved at that epoch instead of the best (lowest val MSE) ones.
+    """
+    key = _key(name)
+    cache = SCRATCH / "scores" / f"{name}_{key}_{'best' if epoch is None else epoch}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    cfg, variant = _cfg(name)
+    s = cfg["input_size"]
+    model = _model(cfg)
+    if epoch is None:
+        model_file = SCRATCH / "models" / f"{key}.pt"
+        if not model_file.is_file():
+            raise FileNotFoundError(f"{model_file}: train {name} first")
+        ck = torch.load(model_file, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["best"])
+        best_epoch = ck["best_epoch"]
+    else:
+        model.load_state_dict(torch.load(SCRATCH / "snapshots" / key / f"epoch{epoch:03d}.pt"))
+    scorers = candidate_scores()
+    tr = load_split(DATA, "train", variant)
+    fw_train = list(_forwards(model, anomaly.to_tensor(tr.images[tr.y_binary == 0], s)))
+    fitted: dict = {}
+    for sc in scorers.values():  # scores that differ only in aggregation share one fit
+        fit_key = (type(sc).__name__, getattr(sc, "level", None),
+                   str(getattr(sc, "levels", None)), getattr(sc, "kind", None),
+                   getattr(sc, "k", None))
+        if fit_key in fitted and sc.needs_fit:
+            sc.load_state_dict(fitted[fit_key])
+        else:
+            fitted[fit_key] = sc.fit(fw_train).state_dict()
+    del fw_train
+    values, labels, subtypes = {}, {}, {}
+    for split in ("val", "test"):
+        d = load_split(DATA, split, variant)
+        labels[split], subtypes[split] = d.y_binary, d.meta["subtype"].to_numpy()
+        out = {k: [] for k in scorers}
+        for fw in _forwards(model, anomaly.to_tensor(d.images, s)):
+            for k, sc in scorers.items():
+                out[k].append(sc.score(fw))
+        values[split] = {k: torch.cat(v).numpy() for k, v in out.items()}
+    results = {}
+    for k in scorers:
+        thr = eer_threshold(labels["val"], values["val"][k])
+        pred = values["test"][k] >= thr["threshold"]
+        rates = binary_rates(labels["test"], pred)
+        results[k] = {
+            "val_auroc": auroc(labels["val"], values["val"][k]),
+            "test_auroc": auroc(labels["test"], values["test"][k]),
+            "val_eer_gap": thr["gap"], "val_fpr": thr["fpr"], "val_fnr": thr["fnr"],
+            "test_sensitivity": rates["sensitivity"], "test_specificity": rates["specificity"],
+            "test_flagged_bacteria": float(pred[subtypes["test"] == "bacteria"].mean()),
+            "test_flagged_virus": float(pred[subtypes["test"] == "virus"].mean()),
+        }
+        print(f"{name} epoch {epoch or 'best'} {k:22s} val {results[k]['val_auroc']:.3f} "
+              f"test {results[k]['test_auroc']:.3f} sens {rates['sensitivity']:.3f} "
+              f"spec {rates['specificity']:.3f}", flush=True)
+    np.savez(cache.with_suffix(".npz"), **{f"{split}/{k}": v for split in values
+                                           for k, v in values[split].items()})
+    row = {"name": name, "epoch": epoch if epoch is not None else best_epoch,
+           "weights": "snapshot" if epoch is not None else "best (lowest val normal MSE)",
+           "scores": results, "acquisition_check": acquisition_check(
+               {k: np.concatenate([values["val"][k], values["test"][k]]) for k in scorers})}
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(row, indent=1))
+    return row
+
+
+def stratified_auroc(y: np.ndarray, s: np.ndarray, strata: np.ndarray) -> float:
+    """AUROC counting only (normal, pneumonia) pairs from the same stratum: the ranking a
+    score achieves once the stratifying variable is held (roughly) fixed."""
+    num = den = 0.0
+    for g in np.unique(strata):
+        m = strata == g
+        n0, n1 = int((y[m] == 0).sum()), int((y[m] == 1).sum())
+        if n0 and n1:
+            num += auroc(y[m], s[m]) * n0 * n1
+            den += n0 * n1
+    return num / den if den else float("nan")
+
+
+def acquisition_check(scores: dict[str, np.ndarray]) -> dict:
+    """How much of a score's ranking survives holding the original image geometry fixed.
+
+    Kermany pneumonia originals are smaller and wider than normal ones (the shared copy
+    squashes all to 224 x 224), so a detector of 'unlike normal' may flag geometry as well as
+    opacities. On the held-out images whose original size is known (``manifest.csv``), compare
+    the plain AUROC with the AUROC stratified by quintiles of the original aspect ratio.
+    ``scores``: per-image scores on val then test (the order of :func:`load_split`).
+    """
+    meta = pd.concat([load_split(DATA, sp, "clahe").meta for sp in ("val", "test")],
+                     ignore_index=True)
+    man = pd.read_csv(SHARED / "manifest.csv", usecols=["filename", "orig_width", "orig_height"])
+    sizes = meta[["file"]].merge(man, left_on="file", right_on="filename", how="left")
+    known = sizes["orig_width"].notna().to_numpy()
+    y = (meta["label"].to_numpy() == "PNEUMONIA").astype(int)[known]
+    aspect = (sizes["orig_width"] / sizes["orig_height"]).to_numpy()[known]
+    bins = np.quantile(aspect, [0.2, 0.4, 0.6, 0.8])
+    strata = np.digitize(aspect, bins)
+    out = {"n": int(known.sum()), "n_normal": int((y == 0).sum()),
+           "auroc_of_aspect_ratio_alone": auroc(y, aspect),
+           "stratified_auroc_of_aspect_ratio": stratified_auroc(y, aspect, strata)}
+    for k, v in scores.items():
+        v = np.asarray(v)[known]
+        out[k] = {"auroc": auroc(y, v), "aspect_stratified_auroc": stratified_auroc(y, v, strata)}
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def collect() -> Path:
+    """Gather the cached results into ``bench/results/anomaly_experiments.json``."""
+    runs = []
+    for name, (over, variant, what) in EXPERIMENTS.items():
+        key = _key(name)
+        model_file = SCRATCH / "models" / f"{key}.pt"
+        if not model_file.is_file():
+            continue
+        ck = torch.load(model_file, map_location="cpu", weights_only=False)
+        scored = sorted(SCRATCH.glob(f"scores/{name}_{key}_*.json"))
+        runs.append({
+            "name": name, "what": what, "config": BASE | over, "variant": variant,
+            "best_epoch": ck["best_epoch"], "train_seconds": round(ck["seconds"]),
+            "history": [{k: round(v, 6) for k, v in r.items()} for r in ck["history"]],
+            "evaluations": [json.loads(p.read_text()) for p in scored],
+        })
+    info = json.loads((DATA / "info.json").read_text())
+    out = {
+        "what": "anomaly score design: AUROC on val and test, and test sensitivity/specificity "
+                "at the EER threshold chosen on val, per autoencoder and candidate score",
+        "command": "bench/anomaly_experiments.py all",
+        "data": {**info, "note": "shared Kermany dev copy; val = 10% of train patients "
+                 "(grouped, stratified); test = the shared dev test split (patient-disjoint)"},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "device": "cpu"},
+        "runs": runs,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
+    return RESULTS
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("cmd", choices=["data", "train", "score", "collect", "all"])
+    parser.add_argument("--name", choices=sorted(EXPERIMENTS), default="ae_seed42")
+    parser.add_argument("--epoch", type=int, help="score the snapshot of this epoch")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    build_arrays()
+    if args.cmd == "train":
+        print(train(args.name))
+    elif args.cmd == "score":
+        score(args.name, args.epoch)
+    elif args.cmd == "collect":
+        print(collect())
+    elif args.cmd == "all":
+        for name, (over, _, _) in EXPERIMENTS.items():
+            train(name)
+            epochs = (BASE | over)["epochs"]
+            for epoch in [None, *range(5, epochs + 1, 5)]:
+                score(name, epoch)
+        print(collect())
+
+
+if __name__ == "__main__":
+    main()

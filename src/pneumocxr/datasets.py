@@ -1,0 +1,251 @@
+"""In-memory training data: uint8 arrays, batched gathering and tensor augmentation.
+
+The prepared arrays (:mod:`pneumocxr.data.arrays`) are decoded once by ``prepare``; training
+only gathers rows of a uint8 array, converts a whole batch to float and augments it on the
+tensor with one ``affine_grid``/``grid_sample`` call (random resized crop, flip and rotation
+combined into one affine map per image) plus per-image brightness and contrast. No image is
+decoded per epoch and no worker processes are needed.
+
+Every random draw takes an explicit ``torch.Generator``, whose state the resume cache saves.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from dataclasses import asdict, dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from . import CLASS_NAMES_3, CLASS_NAMES_BINARY
+from .data.arrays import load_split
+
+# Class names per task; index 0 is "normal" in both, so p(pneumonia) = 1 - p(normal).
+TASKS: dict[str, tuple[str, ...]] = {
+    "binary": CLASS_NAMES_BINARY,
+    "3class": CLASS_NAMES_3,
+}
+
+
+class ArrayDataset(Dataset):
+    """Images (N, H, W) uint8 with integer labels, held in memory.
+
+    Attributes:
+        images: uint8 array (N, H, W) (a memory-mapped array is read into memory).
+        labels: int64 array (N,), values in ``[0, len(class_names))``.
+        class_names: names of the label values.
+        patients: optional patient id per image (for grouped statistics).
+        meta: optional metadata rows (``metadata.csv`` of the split), in array order.
+
+    ``dataset[i]`` is ``(uint8 tensor (1, H, W), label)``; :func:`iterate_batches` gathers whole
+    batches faster than a DataLoader over items.
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+                 patients: np.ndarray | None = None, name: str = "data",
+                 meta: pd.DataFrame | None = None):
+        # a memory-mapped array (load_split) is copied into memory once, here
+        images = np.array(images, copy=True) if isinstance(images, np.memmap) else \
+            np.ascontiguousarray(images)
+        labels = np.asarray(labels, dtype=np.int64)
+        if images.dtype != np.uint8 or images.ndim != 3:
+            raise ValueError(f"{name}: images must be a uint8 array (N, H, W), got "
+                             f"{images.dtype} {images.shape}")
+        if len(labels) != len(images):
+            raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels")
+        if len(images) == 0:
+            raise ValueError(f"{name}: no images")
+        if labels.min() < 0 or labels.max() >= len(class_names):
+            raise ValueError(f"{name}: labels must lie in [0, {len(class_names)}), got "
+                             f"{labels.min()}..{labels.max()}")
+        self.images = images
+        self.labels = labels
+        self.class_names = list(class_names)
+        self.patients = None if patients is None else np.asarray(patients)
+        self.name = name
+        self.meta = meta
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return torch.from_numpy(self.images[i][None].copy()), int(self.labels[i])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.images.shape[1]), int(self.images.shape[2])
+
+    def class_counts(self) -> list[int]:
+        return np.bincount(self.labels, minlength=len(self.class_names)).tolist()
+
+    def __repr__(self) -> str:
+        counts = dict(zip(self.class_names, self.class_counts()))
+        return (f"ArrayDataset(name={self.name!r}, n={len(self)}, size={self.image_size}, "
+                f"classes={counts})")
+
+
+def check_task(task: str) -> tuple[str, ...]:
+    """Class names of ``task``; ValueError for an unknown task."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+    return TASKS[task]
+
+
+def load_task_split(processed_dir: str | Path, split: str, task: str,
+                    variant: str = "plain") -> tuple[ArrayDataset, str]:
+    """Load one prepared split with the labels of ``task``: ``(dataset, data_source)``.
+
+    Raises FileNotFoundError for a missing split and ValueError when the 3-class task meets a
+    source without bacteria/virus subtypes (e.g. ``medmnist``).
+    """
+    class_names = check_task(task)
+    sd = load_split(processed_dir, split, variant)
+    if task == "3class" and not sd.has_subtypes:
+        raise ValueError(
+            f"{processed_dir}: split {split!r} (data_source={sd.data_source}) has no "
+            "bacteria/virus subtypes, so the 3-class task cannot run on it; use data.source: "
+            "kermany (subtypes come from the Kermany file names) or train the binary task only")
+    labels = sd.y_binary if task == "binary" else sd.y_3class
+    ds = ArrayDataset(np.asarray(sd.images), labels, class_names, sd.patients,
+                      name=f"{split} ({task})", meta=sd.meta)
+    return ds, sd.data_source
+
+
+def balanced_sample_weights(labels: np.ndarray) -> np.ndarray:
+    """Per-image sampling weights giving every class the same expected share of a batch."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    return 1.0 / counts[labels]
+
+
+def epoch_indices(n: int, generator: torch.Generator, *, shuffle: bool = True,
+                  sample_weights: np.ndarray | None = None) -> np.ndarray:
+    """Image order of one epoch: a permutation, or ``n`` weighted draws with replacement."""
+    if sample_weights is not None:
+        w = torch.as_tensor(sample_weights, dtype=torch.float64)
+        return torch.multinomial(w, n, replacement=True, generator=generator).numpy()
+    if shuffle:
+        return torch.randperm(n, generator=generator).numpy()
+    return np.arange(n)
+
+
+def iterate_batches(dataset: ArrayDataset, batch_size: int, indices: np.ndarray | None = None,
+                    drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(uint8 (B, 1, H, W), int64 (B,))`` batches in the order of ``indices``."""
+    if indices is None:
+        indices = np.arange(len(dataset))
+    stop = len(indices) - (len(indices) % batch_size if drop_last else 0)
+    for start in range(0, stop, batch_size):
+        idx = indices[start:start + batch_size]
+        x = torch.from_numpy(dataset.images[idx])[:, None]
+        y = torch.from_numpy(dataset.labels[idx])
+        yield x, y
+
+
+def to_float(batch: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> float32 in [0, 1], resized (antialiased bilinear) to ``size``."""
+    x = batch.float().div_(255.0)
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=True).clamp_(0.0, 1.0)
+    return x
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random augmentation of a float batch (B, C, H, W) in [0, 1], square images.
+
+    Attributes:
+        scale: range of the crop's area as a fraction of the image (random resized crop);
+            ``(1, 1)`` with ``ratio (1, 1)`` disables cropping.
+        ratio: range of the crop's aspect ratio (sampled log-uniformly).
+        hflip: probability of a horizontal flip.
+        rotation: maximum rotation in degrees (uniform in ``[-rotation, rotation]``).
+        brightness: brightness factor drawn from ``[1 - b, 1 + b]`` (multiplies the image).
+        contrast: contrast factor drawn from ``[1 - c, 1 + c]`` (scales around the image mean).
+    """
+
+    scale: tuple[float, float] = (0.6, 1.0)
+    ratio: tuple[float, float] = (0.8, 1.25)
+    hflip: float = 0.5
+    rotation: float = 10.0
+    brightness: float = 0.2
+    contrast: float = 0.2
+
+    def __post_init__(self) -> None:
+        lo, hi = self.scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"augment.scale must satisfy 0 < min <= max <= 1, got {self.scale}")
+        lo, hi = self.ratio
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"augment.ratio must satisfy 0 < min <= max, got {self.ratio}")
+        if not 0.0 <= self.hflip <= 1.0:
+            raise ValueError(f"augment.hflip is a probability in [0, 1], got {self.hflip}")
+        if not 0.0 <= self.rotation <= 180.0:
+            raise ValueError(f"augment.rotation must be in [0, 180] degrees, got {self.rotation}")
+        for key in ("brightness", "contrast"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ValueError(f"augment.{key} must be in [0, 1), got {getattr(self, key)}")
+
+    @classmethod
+    def from_params(cls, params: dict) -> "Augment":
+        """Build from the ``train.augment`` params mapping (lists become tuples)."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(params) - known
+        if unknown:
+            raise ValueError(f"unknown augment params {sorted(unknown)}; known: {sorted(known)}")
+        kw = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in params.items()}
+        return cls(**kw)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def geometric(self) -> bool:
+        return self.scale != (1.0, 1.0) or self.ratio != (1.0, 1.0) or self.hflip > 0 \
+            or self.rotation > 0
+
+    def affine(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """(n, 2, 3) affine maps from output to input coordinates (``affine_grid`` convention)."""
+        u = torch.rand(n, 6, generator=generator, dtype=torch.float64)
+        area = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 0]
+        log_r = math.log(self.ratio[0]) + (math.log(self.ratio[1]) - math.log(self.ratio[0])) * u[:, 1]
+        r = torch.exp(log_r)
+        w = torch.sqrt(area * r).clamp(max=1.0)
+        h = torch.sqrt(area / r).clamp(max=1.0)
+        cx = (1.0 - w) * (2.0 * u[:, 2] - 1.0)
+        cy = (1.0 - h) * (2.0 * u[:, 3] - 1.0)
+        flip = torch.where(u[:, 4] < self.hflip, -1.0, 1.0).to(torch.float64)
+        angle = math.radians(self.rotation) * (2.0 * u[:, 5] - 1.0)
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        theta = torch.stack([
+            torch.stack([w * cos * flip, -w * sin, cx], dim=1),
+            torch.stack([h * sin * flip, h * cos, cy], dim=1),
+        ], dim=1)
+        return theta.float()
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator,
+                 size: int | None = None) -> torch.Tensor:
+        """Augment ``x`` (B, C, H, W) float in [0, 1]; output (B, C, size, size)."""
+        n, c = x.shape[:2]
+        size = size or x.shape[-1]
+        if self.geometric:
+            theta = self.affine(n, generator).to(x.device)
+            grid = F.affine_grid(theta, [n, c, size, size], align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
+                              align_corners=False)
+        elif x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=True)
+        u = torch.rand(n, 2, generator=generator).to(x.device)
+        if self.brightness > 0:
+            x = x * (1.0 + self.brightness * (2.0 * u[:, 0] - 1.0)).view(n, 1, 1, 1)
+        if self.contrast > 0:
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) * (1.0 + self.contrast * (2.0 * u[:, 1] - 1.0)).view(n, 1, 1, 1) + mean
+        return x.clamp(0.0, 1.0)

@@ -1,0 +1,347 @@
+"""Classifier registry: build ResNet-18, VGG16 or AlexNet by name, with one forward API.
+
+Every model is a :class:`Classifier` that wraps a torchvision network split into four parts::
+
+    x (N, in_chans, H, W), normalised: (image / 255 - mean) / std
+      -> trunk        forward_features(x): unpooled feature map (N, C, h, w)
+      -> pool         global pooling + flatten
+      -> pre_logits   identity (ResNet) or the fully connected layers before the last (VGG, AlexNet)
+      -> fc           the last linear layer; forward_head(f, pre_logits=True) stops before it
+
+so an embedding is ``model.forward_head(model.forward_features(x), pre_logits=True)`` for every
+backbone (``model.num_features`` wide). As in timm, normalization happens outside the model:
+its constants travel with the weights (``best.pt`` ``meta["normalization"]``;
+:func:`default_normalization` for a new model) and :func:`normalize` applies them.
+
+Grayscale without tripling memory: the first convolution takes ``in_chans`` (default 1)
+channels. ImageNet weights are adapted by summing the RGB kernels (a gray image replicated to
+RGB gives the same response); from scratch, the stem keeps the constructor's initialisation of
+its first input channel(s).
+
+``weights`` is ``"none"`` (from scratch), ``"imagenet"`` (torchvision's weights API, cached by
+``torch.hub`` under ``$TORCH_HOME/hub/checkpoints``) or the path of a ``best.pt`` written by
+:mod:`pneumocxr.train` for the same architecture; when its class count differs (binary weights
+starting the 3-class model) the trunk is kept and a new head is created.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import torch
+import torchvision
+from torch import nn
+
+from .checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
+
+# A gray image replicated to RGB and normalised with ImageNet's per-channel constants is close
+# to one channel normalised with their means (timm uses the same pair for 1-channel models).
+GRAY_MEAN = (0.449,)
+GRAY_STD = (0.226,)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights could not be downloaded or read from the torch hub cache."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the registry knows about an architecture.
+
+    Attributes:
+        name: registry name (also torchvision's constructor name).
+        min_input_size: smallest image side the network accepts; smaller input is a ValueError.
+        stem: dotted path of the first convolution inside the torchvision model.
+        description: one line for listings and error messages.
+    """
+
+    name: str
+    min_input_size: int
+    stem: str
+    description: str
+
+
+@dataclass
+class _Parts:
+    trunk: nn.Module
+    pool: nn.Module
+    pre_logits: nn.Module
+    fc: nn.Linear
+
+
+_REGISTRY: dict[str, tuple[ModelSpec, Callable[[nn.Module], _Parts]]] = {}
+
+
+def register_model(spec: ModelSpec) -> Callable:
+    """Register ``split(torchvision_model) -> _Parts`` under ``spec.name``."""
+
+    def wrap(split: Callable[[nn.Module], _Parts]) -> Callable[[nn.Module], _Parts]:
+        if spec.name in _REGISTRY:
+            raise ValueError(f"model {spec.name!r} is already registered")
+        _REGISTRY[spec.name] = (spec, split)
+        return split
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`."""
+    return sorted(_REGISTRY)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown architecture {name!r}; available: {', '.join(list_models())}")
+    return _REGISTRY[name][0]
+
+
+def check_input_size(name: str, size: int | tuple[int, int]) -> None:
+    """Raise ValueError when an image of ``size`` pixels is too small for architecture ``name``."""
+    spec = get_model_spec(name)
+    h, w = (size, size) if isinstance(size, int) else size
+    if min(h, w) < spec.min_input_size:
+        raise ValueError(
+            f"{name} needs input of at least {spec.min_input_size}x{spec.min_input_size} pixels, "
+            f"got {h}x{w}; raise prepare.crop (or train.input_size) or choose another architecture"
+        )
+
+
+@register_model(ModelSpec("resnet18", 32, "conv1",
+                          "ResNet-18 (torchvision); stride 32, min input 32 px"))
+def _split_resnet(m: nn.Module) -> _Parts:
+    trunk = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool, m.layer1, m.layer2, m.layer3, m.layer4)
+    return _Parts(trunk, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1)), nn.Identity(), m.fc)
+
+
+@register_model(ModelSpec("vgg16", 32, "features.0",
+                          "VGG16 (torchvision, no batch norm); five 2x2 poolings, min input 32 px"))
+def _split_vgg(m: nn.Module) -> _Parts:
+    return _Parts(m.features, nn.Sequential(m.avgpool, nn.Flatten(1)), m.classifier[:-1],
+                  m.classifier[-1])
+
+
+@register_model(ModelSpec("alexnet", 63, "features.0",
+                          "AlexNet (torchvision); 11x11 stride-4 stem and three 3x3 poolings, "
+                          "min input 63 px"))
+def _split_alexnet(m: nn.Module) -> _Parts:
+    return _Parts(m.features, nn.Sequential(m.avgpool, nn.Flatten(1)), m.classifier[:-1],
+                  m.classifier[-1])
+
+
+class Classifier(nn.Module):
+    """A registry model: ``forward = forward_head(forward_features(x))``.
+
+    Attributes:
+        arch: registry name. in_chans: input channels. num_classes: outputs of ``fc``.
+        num_features: width of the pre-logits embedding. min_input_size: smallest image side.
+
+    Input is normalised (see :func:`normalize`); ``forward_features`` checks its shape.
+    """
+
+    def __init__(self, arch: str, parts: _Parts, in_chans: int, min_input_size: int):
+        super().__init__()
+        self.arch = arch
+        self.in_chans = in_chans
+        self.min_input_size = min_input_size
+        self.trunk = parts.trunk
+        self.pool = parts.pool
+        self.pre_logits = parts.pre_logits
+        self.fc = parts.fc
+        self.num_features = parts.fc.in_features
+
+    @property
+    def num_classes(self) -> int:
+        return self.fc.out_features
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(f"{self.arch} expects input (N, {self.in_chans}, H, W), "
+                             f"got {tuple(x.shape)}")
+        if min(x.shape[-2:]) < self.min_input_size:
+            raise ValueError(
+                f"{self.arch} needs input of at least {self.min_input_size}x"
+                f"{self.min_input_size} pixels, got {x.shape[-2]}x{x.shape[-1]}; raise "
+                "prepare.crop (or train.input_size) or choose another architecture")
+        return self.trunk(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pre_logits(self.pool(x))
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace ``fc`` by a freshly initialised ``num_features -> num_classes`` layer."""
+        device = self.fc.weight.device
+        self.fc = nn.Linear(self.num_features, num_classes).to(device)
+
+    def extra_repr(self) -> str:
+        return (f"arch={self.arch!r}, in_chans={self.in_chans}, num_classes={self.num_classes}, "
+                f"num_features={self.num_features}, min_input_size={self.min_input_size}")
+
+
+def default_normalization(in_chans: int = 1) -> dict[str, list[float]]:
+    """Normalization of a new model: ImageNet's constants (RGB) or their gray equivalent."""
+    if in_chans == 3:
+        return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+    return {"mean": list(GRAY_MEAN) * in_chans, "std": list(GRAY_STD) * in_chans}
+
+
+def normalize(x: torch.Tensor, normalization: dict[str, Any]) -> torch.Tensor:
+    """``(x - mean) / std`` per channel, for ``x`` (N, C, H, W) in [0, 1]."""
+    mean = torch.as_tensor(normalization["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(normalization["std"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, leaf = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, leaf, module)
+
+
+def adapt_stem_weight(weight: torch.Tensor, in_chans: int, pretrained: bool) -> torch.Tensor:
+    """First-conv kernel for ``in_chans`` inputs from an RGB kernel (out, 3, k, k).
+
+    Pretrained: ``in_chans == 1`` sums the RGB kernels; more channels repeat them cyclically
+    scaled by ``3 / in_chans`` (the response to a replicated gray image is unchanged).
+    From scratch: the constructor's initialisation of the first ``in_chans`` input channels
+    (cycled when more than 3 are asked for).
+    """
+    if in_chans == weight.shape[1]:
+        return weight.clone()
+    if pretrained:
+        if in_chans == 1:
+            return weight.sum(dim=1, keepdim=True)
+        reps = -(-in_chans // weight.shape[1])
+        return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
+    reps = -(-in_chans // weight.shape[1])
+    return weight.repeat(1, reps, 1, 1)[:, :in_chans].clone()
+
+
+def _adapt_stem(model: nn.Module, spec: ModelSpec, in_chans: int, pretrained: bool) -> None:
+    conv = model.get_submodule(spec.stem)
+    if in_chans == conv.in_channels:
+        return
+    new = nn.Conv2d(in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+    with torch.no_grad():
+        new.weight.copy_(adapt_stem_weight(conv.weight, in_chans, pretrained))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    _set_submodule(model, spec.stem, new)
+
+
+def imagenet_weights_file(name: str) -> Path:
+    """Where ``torch.hub`` looks for (and caches) the ImageNet weights of ``name``."""
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    filename = os.path.basename(urlparse(weights.url).path)
+    return Path(torch.hub.get_dir()) / "checkpoints" / filename
+
+
+def _imagenet_state_dict(name: str, progress: bool) -> dict[str, torch.Tensor]:
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    target = imagenet_weights_file(name)
+    try:
+        return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu",
+                                                  progress=progress, check_hash=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise WeightsUnavailableError(
+            f"ImageNet weights for {name} ({weights}) could not be loaded: {err}. Without "
+            f"internet, download {weights.url} elsewhere and place it as {target} (the torch "
+            "hub cache; $TORCH_HOME moves it), or set weights: none to train from scratch"
+        ) from None
+
+
+def _build(name: str, num_classes: int, in_chans: int, pretrained: bool,
+           progress: bool) -> Classifier:
+    spec, split = _REGISTRY[name]
+    if pretrained:
+        net = torchvision.models.get_model(name, weights=None)
+        net.load_state_dict(_imagenet_state_dict(name, progress))
+    else:
+        net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    _adapt_stem(net, spec, in_chans, pretrained)
+    model = Classifier(name, split(net), in_chans, spec.min_input_size)
+    if model.num_classes != num_classes:
+        model.reset_classifier(num_classes)
+    return model
+
+
+def create_model(name: str, num_classes: int = 2, in_chans: int = 1,
+                 weights: str | Path | None = "none", *, progress: bool = False) -> Classifier:
+    """Build architecture ``name`` with a ``num_classes``-way head for ``in_chans``-channel input.
+
+    Args:
+        weights: ``"none"`` or None (random init; seed torch first), ``"imagenet"`` (torchvision
+            weights through the torch hub cache; :class:`WeightsUnavailableError` names the file
+            to place there when offline) or the path of a ``best.pt`` of the same architecture
+            and ``in_chans`` (a differing class count gets a new, randomly initialised head;
+            use that checkpoint's ``meta["normalization"]`` for its input).
+        progress: show the download progress bar.
+
+    Raises:
+        ValueError: unknown architecture, ``num_classes < 2``, ``in_chans < 1``, or a checkpoint
+            of another architecture or channel count.
+    """
+    get_model_spec(name)
+    if int(num_classes) < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    if int(in_chans) < 1:
+        raise ValueError(f"in_chans must be at least 1, got {in_chans}")
+    weights = "none" if weights is None else str(weights)
+    if weights == "none":
+        return _build(name, num_classes, in_chans, False, progress)
+    if weights == "imagenet":
+        return _build(name, num_classes, in_chans, True, progress)
+    ckpt = load_checkpoint(weights)
+    meta = ckpt["meta"]
+    if meta.get("arch") != name:
+        raise ValueError(
+            f"{weights}: checkpoint of architecture {meta.get('arch')!r} cannot initialise "
+            f"{name!r}; use the {name} checkpoint (models/<task>/{name}/best.pt)")
+    if int(meta.get("in_chans", -1)) != in_chans:
+        raise ValueError(f"{weights}: checkpoint takes {meta.get('in_chans')} input channels, "
+                         f"the model {in_chans}")
+    n_ckpt = len(meta["class_names"])
+    model = _build(name, n_ckpt, in_chans, False, progress)
+    model.load_state_dict(ckpt["model"])
+    if n_ckpt != num_classes:
+        log.info("%s: kept the %s trunk of %s (%d classes); new %d-way head", name, name,
+                 weights, n_ckpt, num_classes)
+        model.reset_classifier(num_classes)
+    return model
+
+
+def load_model(path: str | Path, *, arch: str | None = None,
+               class_names: list[str] | None = None) -> tuple[Classifier, dict[str, Any]]:
+    """Load a ``best.pt`` for inference: ``(model in eval mode on CPU, meta)``.
+
+    ``arch`` / ``class_names``, when given, must match the checkpoint (ValueError otherwise),
+    so a 3-class checkpoint cannot be evaluated as a binary one by mistake.
+    """
+    ckpt = load_checkpoint(path)
+    meta = ckpt["meta"]
+    for key in ("arch", "class_names", "in_chans"):
+        if key not in meta:
+            raise ValueError(f"{path}: checkpoint metadata lacks {key!r}; retrain to rewrite it")
+    if arch is not None and meta["arch"] != arch:
+        raise ValueError(f"{path}: checkpoint is a {meta['arch']!r} model, expected {arch!r}")
+    if class_names is not None and list(meta["class_names"]) != list(class_names):
+        raise ValueError(f"{path}: checkpoint classes {meta['class_names']} differ from the "
+                         f"task's {list(class_names)}; use the checkpoint of this task")
+    model = _build(meta["arch"], len(meta["class_names"]), int(meta["in_chans"]), False, False)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, meta

@@ -1,0 +1,324 @@
+"""Anomaly stage: autoencoder training, scores, EER threshold, metrics, resume, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
+
+from pneumocxr import anomaly
+from pneumocxr.anomaly import (ConvAutoencoder, Forward, aggregate, choose_threshold,
+                               create_score, fit_autoencoder, ledoit_wolf, ssim_map, to_tensor)
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest (and steadiest on a shared CPU) on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY = {"input_size": 16, "channels": [4, 8], "latent_dim": 8, "variational": False}
+
+
+def _write_prepared(root, n=10, size=20, seed=0, data_source="demo"):
+    """A prepared-data folder (arrays.py layout) with striped 'normal' and hazy 'pneumonia'."""
+    rng = np.random.default_rng(seed)
+    yy = np.arange(size)[:, None].repeat(size, 1)
+    ribs = (np.sin(yy / 1.5) > 0).astype(float)
+    rows, arrays = [], {}
+    for split in ("train", "val", "test"):
+        imgs = []
+        for i in range(2 * n):
+            label = "NORMAL" if i < n else "PNEUMONIA"
+            base = 0.3 + 0.4 * ribs if label == "NORMAL" else np.full((size, size), 0.6)
+            img = np.clip(base + rng.normal(0, 0.05, (size, size)), 0, 1)
+            imgs.append((img * 255).astype(np.uint8))
+            rows.append({"split": split, "index": i, "file": f"{split}_{i}.jpeg",
+                         "official_split": split, "label": label,
+                         "subtype": "normal" if label == "NORMAL" else "bacteria",
+                         "patient": f"{split}-p{i // 2}", "sha256": f"{split}{i}",
+                         "orig_width": size, "orig_height": size})
+        arrays[split] = np.stack(imgs)
+    (root / "clahe").mkdir(parents=True)
+    for split, arr in arrays.items():
+        np.save(root / "clahe" / f"{split}.npy", arr)
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+    (root / "info.json").write_text(json.dumps({"data_source": data_source}))
+    return root
+
+
+def _params(**over):
+    p = {"model": dict(TINY), "train": {"epochs": 3, "batch_size": 4, "lr": 3e-3},
+         "score": {"method": "latent_mahalanobis"},
+         "evaluate": {"n_boot": 20, "n_examples": 2, "batch_size": 8}}
+    for key, value in over.items():
+        p[key] = {**p[key], **value}
+    return p
+
+
+# ----------------------------------------------------------------------------- model, training
+
+
+def test_autoencoder_reconstructs_a_constant_image_better_after_a_few_steps():
+    torch.manual_seed(0)
+    model = ConvAutoencoder(**TINY)
+    x = torch.full((8, 1, 16, 16), 0.8)
+    before = anomaly.evaluate_loss(model, x)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(30):
+        anomaly.train_one_epoch(model, x, opt, batch_size=8, generator=gen)
+    after = anomaly.evaluate_loss(model, x)
+    assert after < 0.1 * before
+
+
+def test_autoencoder_output_matches_input_shape_and_range():
+    model = ConvAutoencoder(32, [4, 8, 16], 8, variational=True).eval()
+    with torch.no_grad():
+        out = model(torch.rand(3, 1, 32, 32))
+    assert out.shape == (3, 1, 32, 32)
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert [f.shape[-1] for f in model.forward_features(torch.rand(1, 1, 32, 32))] == [16, 8, 4]
+
+
+def test_input_size_not_divisible_by_depth_is_a_clear_error():
+    with pytest.raises(ValueError, match="divisible"):
+        ConvAutoencoder(20, [4, 8, 16], 8)
+
+
+def test_to_tensor_scales_uint8_and_resizes_to_input_size():
+    imgs = np.full((2, 32, 32), 255, dtype=np.uint8)
+    x = to_tensor(imgs, 16)
+    assert x.shape == (2, 1, 16, 16) and torch.allclose(x, torch.ones_like(x))
+    with pytest.raises(ValueError, match="N, H, W"):
+        to_tensor(np.zeros((2, 3, 16, 16), dtype=np.uint8), 16)
+
+
+def test_training_is_deterministic_for_a_seed():
+    def run():
+        torch.manual_seed(3)
+        model = ConvAutoencoder(**TINY)
+        x = torch.rand(10, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+        res = fit_autoencoder(model, x, epochs=2, batch_size=4, seed=5, progress=False)
+        return res["best_state"], [r["train_loss"] for r in res["history"]]
+
+    (s1, h1), (s2, h2) = run(), run()
+    assert h1 == h2
+    assert all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+# ----------------------------------------------------------------------------- score parts
+
+
+def test_aggregate_mean_max_and_topk_on_hand_made_maps():
+    maps = torch.zeros(2, 1, 2, 5)
+    maps[0, 0, 0] = torch.tensor([1.0, 2.0, 3.0, 4.0, 10.0])   # 10 values, sum 20
+    maps[1, 0, 1] = torch.tensor([5.0, 5.0, 0.0, 0.0, 0.0])
+    assert aggregate(maps, "mean").tolist() == pytest.approx([2.0, 1.0])
+    assert aggregate(maps, "max").tolist() == pytest.approx([10.0, 5.0])
+    # top 20% of 10 locations = the 2 largest
+    assert aggregate(maps, "topk", 0.2).tolist() == pytest.approx([7.0, 5.0])
+    # a tiny fraction still takes one location
+    assert aggregate(maps, "topk", 0.001).tolist() == pytest.approx([10.0, 5.0])
+    with pytest.raises(ValueError, match="aggregation"):
+        aggregate(maps, "median")
+
+
+def _fwd(x, recon, code=None, feats=None):
+    code = torch.zeros(len(x), 2) if code is None else code
+    return Forward(x, recon, code, feats or [x])
+
+
+def test_reconstruction_errors_are_zero_for_a_perfect_reconstruction_and_see_lost_edges():
+    x = torch.zeros(1, 1, 16, 16)
+    x[..., 8:] = 1.0                                   # a sharp vertical edge
+    blurred = torch.nn.functional.avg_pool2d(x, 5, stride=1, padding=2, count_include_pad=False)
+    for kind in ("mse", "ssim", "gradient"):
+        scorer = create_score(kind, aggregation="mean")
+        assert float(scorer.score(_fwd(x, x))) == pytest.approx(0.0, abs=1e-6)
+        assert float(scorer.score(_fwd(x, blurred))) > 1e-3
+    # mse on a hand-made pair: error 0.5 on half of the pixels -> mean 0.125
+    half = torch.zeros(1, 1, 4, 4)
+    half[..., :2] = 0.5
+    assert float(create_score("mse").score(_fwd(half, torch.zeros_like(half)))) == 0.125
+
+
+def test_ssim_of_an_image_with_itself_is_one_and_drops_with_noise():
+    x = torch.rand(2, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(ssim_map(x, x), torch.ones_like(x), atol=1e-5)
+    noisy = (x + 0.3 * torch.rand(x.shape, generator=torch.Generator().manual_seed(1))).clamp(0, 1)
+    assert float(ssim_map(x, noisy).mean()) < 0.95
+
+
+def test_ledoit_wolf_matches_scikit_learn_batched():
+    x = torch.randn(3, 40, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    mean, cov, shrink = ledoit_wolf(x)
+    for i in range(3):
+        ref_cov, ref_shrink = sklearn_ledoit_wolf(x[i].numpy())
+        np.testing.assert_allclose(cov[i].numpy(), ref_cov, atol=1e-12)
+        assert float(shrink[i]) == pytest.approx(ref_shrink)
+        np.testing.assert_allclose(mean[i].numpy(), x[i].mean(0).numpy())
+
+
+def test_latent_mahalanobis_scores_codes_far_from_the_normal_ones_higher():
+    gen = torch.Generator().manual_seed(0)
+    normal_codes = torch.randn(200, 4, generator=gen) * torch.tensor([1.0, 1.0, 0.1, 0.1])
+    dummy = torch.zeros(200, 1, 4, 4)
+    scorer = create_score("latent_mahalanobis").fit([_fwd(dummy, dummy, normal_codes)])
+    # same Euclidean distance from the mean, but along a direction normals barely vary in
+    probe = torch.tensor([[0.5, 0.0, 0.0, 0.0], [0.0, 0.0, 0.5, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    s = scorer.score(_fwd(dummy[:3], dummy[:3], probe))
+    assert s[1] > 3 * s[0] > 0 and s[2] < s[0]
+    knn = create_score("latent_knn", k=3).fit([_fwd(dummy, dummy, normal_codes)])
+    far = knn.score(_fwd(dummy[:2], dummy[:2], torch.tensor([[0.0] * 4, [5.0] * 4])))
+    assert far[1] > far[0]
+
+
+def test_patch_density_map_points_at_the_deviating_position():
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(100, 3, 4, 4, generator=gen)
+    x = torch.zeros(100, 1, 8, 8)
+    scorer = create_score("patch_mahalanobis", level=0, aggregation="max")
+    scorer.fit([_fwd(x, x, feats=[feats])])
+    probe = torch.zeros(1, 3, 4, 4)
+    probe[0, :, 1, 2] = 6.0
+    amap = scorer.map(_fwd(x[:1], x[:1], feats=[probe]))
+    assert amap.shape == (1, 1, 4, 4)
+    assert int(amap.flatten().argmax()) == 1 * 4 + 2
+
+
+def test_unknown_score_or_aggregation_is_a_clear_error():
+    with pytest.raises(ValueError, match="anomaly.score.method"):
+        create_score("psnr")
+    with pytest.raises(ValueError, match="aggregation"):
+        create_score("mse", aggregation="median")
+
+
+# ----------------------------------------------------------------------------- threshold, metrics
+
+
+def test_eer_threshold_on_hand_made_scores_has_the_known_answer():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+    t = choose_threshold(y, s)
+    # at 0.6: one normal of four flagged (FPR 0.25), one pneumonia of four missed (FNR 0.25)
+    assert t["value"] == pytest.approx(0.6)
+    assert t["val_fpr"] == pytest.approx(0.25) and t["val_fnr"] == pytest.approx(0.25)
+    assert t["gap"] == 0 and t["tolerance_met"]
+
+
+def test_eer_tolerance_is_reported_unmet_when_no_threshold_balances_the_rates():
+    y = np.array([0, 0, 1])
+    s = np.array([0.1, 0.5, 0.4])      # any cut leaves FPR and FNR at least 0.5 apart
+    t = choose_threshold(y, s, tolerance=5e-3)
+    assert t["gap"] >= 0.5 and not t["tolerance_met"]
+    with pytest.raises(ValueError, match="normal and pneumonia"):
+        choose_threshold(np.zeros(4), np.arange(4.0))
+
+
+def test_anomaly_metrics_have_cis_and_reweighted_precision():
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.7, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99])
+    m = anomaly.anomaly_metrics(y, s, 0.5, patients=np.arange(10) // 2, prevalence=0.5,
+                                n_boot=50, seed=0)
+    assert m["sensitivity"]["value"] == pytest.approx(5 / 6)
+    assert m["specificity"]["value"] == pytest.approx(0.75)
+    assert m["error_rate"]["value"] == pytest.approx(0.2)
+    # at 50% prevalence: precision = sens / (sens + 1 - spec)
+    assert m["precision_at_reference_prevalence"]["value"] == pytest.approx(
+        (5 / 6) / (5 / 6 + 0.25))
+    for key in ("auroc", "auprc", "f1", "precision"):
+        assert m[key]["ci_low"] <= m[key]["value"] <= m[key]["ci_high"]
+    assert m["n_patients"] == 5 and (m["tp"], m["fp"], m["tn"], m["fn"]) == (5, 1, 3, 1)
+
+
+# ----------------------------------------------------------------------------- stages
+
+
+def test_training_resumes_bitwise_identical_after_an_interruption(tmp_path):
+    processed = _write_prepared(tmp_path / "processed")
+    params = _params()
+    full = anomaly.run_autoencoder_training(processed, tmp_path / "a/best.pt",
+                                            tmp_path / "a/history.csv", params=params, seed=1,
+                                            device="cpu", resume_root=tmp_path / "cache_a")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(epoch, row):
+        if epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        anomaly.run_autoencoder_training(processed, tmp_path / "b/best.pt",
+                                         tmp_path / "b/history.csv", params=params, seed=1,
+                                         device="cpu", resume_root=tmp_path / "cache_b",
+                                         on_epoch_end=stop_after_two)
+    assert not (tmp_path / "b/best.pt").exists()
+    resumed = anomaly.run_autoencoder_training(processed, tmp_path / "b/best.pt",
+                                               tmp_path / "b/history.csv", params=params,
+                                               seed=1, device="cpu",
+                                               resume_root=tmp_path / "cache_b")
+    a = torch.load(tmp_path / "a/best.pt", weights_only=False)
+    b = torch.load(tmp_path / "b/best.pt", weights_only=False)
+    assert full["best_epoch"] == resumed["best_epoch"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    ha = pd.read_csv(tmp_path / "a/history.csv")
+    hb = pd.read_csv(tmp_path / "b/history.csv")
+    pd.testing.assert_frame_equal(ha.drop(columns="seconds"), hb.drop(columns="seconds"))
+    assert len(ha) == 3 and ha["best"].sum() == 1
+
+
+def test_training_without_normal_images_is_a_clear_error(tmp_path):
+    processed = _write_prepared(tmp_path / "processed")
+    meta = pd.read_csv(processed / "metadata.csv")
+    meta["label"] = "PNEUMONIA"
+    meta.to_csv(processed / "metadata.csv", index=False)
+    with pytest.raises(ValueError, match="normal images"):
+        anomaly.run_autoencoder_training(processed, tmp_path / "m.pt", tmp_path / "h.csv",
+                                         params=_params(), device="cpu",
+                                         resume_root=tmp_path / "cache")
+
+
+@pytest.mark.parametrize("method", ["latent_mahalanobis", "patch_mahalanobis", "ssim"])
+def test_evaluation_writes_metrics_scores_and_figures(tmp_path, method):
+    processed = _write_prepared(tmp_path / "processed")
+    params = _params(score={"method": method, "level": -1, "aggregation": "mean"})
+    anomaly.run_autoencoder_training(processed, tmp_path / "best.pt", tmp_path / "history.csv",
+                                     params=params, seed=0, device="cpu",
+                                     resume_root=tmp_path / "cache")
+    outputs = {"metrics": tmp_path / "out/metrics.json", "scores": tmp_path / "out/scores.csv",
+               "reconstructions": tmp_path / "out/reconstructions.png",
+               "histogram": tmp_path / "out/histogram.png", "roc": tmp_path / "out/roc.png"}
+    metrics = anomaly.run_anomaly_evaluation(tmp_path / "best.pt", processed, outputs,
+                                             params=params, seed=0, device="cpu")
+    for path in outputs.values():
+        assert path.is_file() and path.stat().st_size > 0
+    saved = json.loads(outputs["metrics"].read_text())
+    assert saved["data_source"] == "demo" and saved["score"]["method"] == method
+    for key in ("error_rate", "precision", "sensitivity", "specificity", "f1", "auroc", "auprc",
+                "precision_at_reference_prevalence", "f1_at_reference_prevalence"):
+        assert set(saved["test"][key]) >= {"value", "ci_low", "ci_high"}
+    t = saved["threshold"]
+    assert {"value", "val_fpr", "val_fnr", "gap", "tolerance_met"} <= set(t)
+    scores = pd.read_csv(outputs["scores"])
+    assert set(scores["split"]) == {"val", "test"} and len(scores) == 40
+    # the threshold came from val: recomputing the EER there gives it back
+    val = scores[scores["split"] == "val"]
+    assert choose_threshold((val["label"] == "PNEUMONIA").to_numpy(),
+                            val["score"].to_numpy())["value"] == pytest.approx(t["value"])
+    assert metrics["test"]["n"] == 20
+
+
+def test_evaluation_rejects_a_classifier_checkpoint(tmp_path):
+    torch.save({"model": {}, "meta": {"arch": "resnet18"}}, tmp_path / "clf.pt")
+    processed = _write_prepared(tmp_path / "processed")
+    with pytest.raises(ValueError, match="not an autoencoder checkpoint"):
+        anomaly.run_anomaly_evaluation(tmp_path / "clf.pt", processed,
+                                       {"metrics": tmp_path / "m.json"}, params=_params())

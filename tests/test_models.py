@@ -1,0 +1,164 @@
+"""Model registry: one forward API for every backbone, input-size and weight errors, stems."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+
+from pneumocxr.checkpoint import atomic_save
+from pneumocxr.models import (Classifier, WeightsUnavailableError, adapt_stem_weight,
+                              check_input_size, create_model, get_model_spec, list_models,
+                              load_model)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _save_best(model: Classifier, path, class_names=("normal", "pneumonia")):
+    meta = {"arch": model.arch, "task": "binary" if len(class_names) == 2 else "3class",
+            "class_names": list(class_names), "in_chans": model.in_chans, "input_size": 32,
+            "normalization": {"mean": [0.449], "std": [0.226]}}
+    atomic_save({"model": model.state_dict(), "meta": meta}, path)
+    return path
+
+
+def test_registry_lists_the_three_study_architectures():
+    assert {"resnet18", "vgg16", "alexnet"} <= set(list_models())
+
+
+@pytest.mark.parametrize("name,width", [("resnet18", 512), ("vgg16", 4096), ("alexnet", 4096)])
+def test_every_model_gives_logits_and_pre_logits_embedding_through_the_same_api(name, width):
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=3).eval()
+    size = get_model_spec(name).min_input_size
+    x = torch.rand(2, 1, size, size)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        emb = model.forward_head(feats, pre_logits=True)
+        logits = model.forward_head(feats)
+        full = model(x)
+    assert feats.ndim == 4 and feats.shape[0] == 2
+    assert emb.shape == (2, width) == (2, model.num_features)
+    assert logits.shape == (2, 3) and model.num_classes == 3
+    assert torch.equal(logits, full)
+    assert torch.allclose(model.fc(emb), logits)
+
+
+def test_alexnet_input_below_its_minimum_is_a_clear_value_error_not_a_crash_inside():
+    assert get_model_spec("alexnet").min_input_size == 63
+    with pytest.raises(ValueError, match="at least 63x63 pixels, got 62x62"):
+        check_input_size("alexnet", 62)
+    check_input_size("alexnet", 63)
+    model = create_model("alexnet", 2).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 63, 63)).shape == (1, 2)
+        with pytest.raises(ValueError, match="alexnet needs input of at least 63x63"):
+            model(torch.rand(1, 1, 62, 62))
+
+
+def test_wrong_channel_count_is_rejected_with_the_expected_shape():
+    model = create_model("resnet18", 2)
+    with pytest.raises(ValueError, match=r"expects input \(N, 1, H, W\)"):
+        model(torch.rand(1, 3, 64, 64))
+
+
+def test_unknown_architecture_and_bad_class_count_name_the_fix():
+    with pytest.raises(ValueError, match="available: .*resnet18"):
+        create_model("resnet50")
+    with pytest.raises(ValueError, match="num_classes must be at least 2"):
+        create_model("resnet18", num_classes=1)
+
+
+def test_one_channel_stem_from_pretrained_rgb_kernel_responds_like_a_replicated_gray_image():
+    torch.manual_seed(0)
+    rgb = torch.randn(8, 3, 5, 5)
+    gray = adapt_stem_weight(rgb, 1, pretrained=True)
+    assert gray.shape == (8, 1, 5, 5)
+    img = torch.rand(2, 1, 16, 16)
+    out_rgb = torch.nn.functional.conv2d(img.expand(-1, 3, -1, -1), rgb)
+    out_gray = torch.nn.functional.conv2d(img, gray)
+    assert torch.allclose(out_rgb, out_gray, atol=1e-5)
+
+
+def test_grayscale_models_take_one_channel_without_tripling_the_input():
+    model = create_model("resnet18", 2)
+    assert model.trunk[0].in_channels == 1
+    assert create_model("resnet18", 2, in_chans=3).trunk[0].in_channels == 3
+
+
+def test_imagenet_weights_offline_raise_an_error_naming_the_cache_file_and_weights_none(
+        tmp_path, monkeypatch):
+    def no_network(url, dst, *args, **kwargs):
+        raise urllib.error.URLError("no route to host (test)")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    with pytest.raises(WeightsUnavailableError) as err:
+        create_model("resnet18", 2, weights="imagenet")
+    msg = str(err.value)
+    assert str(tmp_path / "checkpoints" / "resnet18-f37072fd.pth") in msg
+    assert "weights: none" in msg
+    assert isinstance(err.value, RuntimeError)
+
+
+def test_imagenet_weights_in_the_hub_cache_load_without_network_with_summed_stem(
+        tmp_path, monkeypatch):
+    def no_network(url, dst, *args, **kwargs):
+        raise AssertionError("the cached file must be used, not downloaded")
+
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18()
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(reference.state_dict(), tmp_path / "checkpoints" / "resnet18-f37072fd.pth")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    model = create_model("resnet18", 2, weights="imagenet")
+    assert torch.allclose(model.trunk[0].weight, reference.conv1.weight.sum(1, keepdim=True))
+    assert torch.equal(model.trunk[4][0].conv1.weight, reference.layer1[0].conv1.weight)
+    assert model.fc.out_features == 2
+
+
+def test_binary_checkpoint_starts_a_3class_model_with_its_trunk_and_a_new_head(tmp_path):
+    torch.manual_seed(0)
+    binary = create_model("resnet18", 2)
+    path = _save_best(binary, tmp_path / "best.pt")
+    three = create_model("resnet18", 3, weights=path)
+    assert three.num_classes == 3
+    sd_b, sd_3 = binary.state_dict(), three.state_dict()
+    for key, value in sd_b.items():
+        if not key.startswith("fc."):
+            assert torch.equal(value, sd_3[key]), key
+
+
+def test_checkpoint_of_another_architecture_is_rejected_naming_both(tmp_path):
+    path = _save_best(create_model("resnet18", 2), tmp_path / "best.pt")
+    with pytest.raises(ValueError, match="'resnet18' cannot initialise 'alexnet'"):
+        create_model("alexnet", 3, weights=path)
+
+
+def test_load_model_rejects_a_checkpoint_of_another_class_count_or_arch(tmp_path):
+    path = _save_best(create_model("resnet18", 2), tmp_path / "best.pt")
+    model, meta = load_model(path, arch="resnet18", class_names=["normal", "pneumonia"])
+    assert not model.training and meta["arch"] == "resnet18"
+    with pytest.raises(ValueError, match="differ from the task"):
+        load_model(path, class_names=["normal", "bacteria", "virus"])
+    with pytest.raises(ValueError, match="expected 'vgg16'"):
+        load_model(path, arch="vgg16")
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_weights_none_as_python_none_builds_from_scratch():
+    torch.manual_seed(3)
+    a = create_model("resnet18", 2, weights=None)
+    torch.manual_seed(3)
+    b = create_model("resnet18", 2, weights="none")
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())

@@ -1,0 +1,254 @@
+"""Training: resume after a kill is bitwise-identical, determinism, outputs, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pneumocxr.checkpoint import load_checkpoint
+from pneumocxr.datasets import ArrayDataset, Augment, load_task_split, to_float
+from pneumocxr.train import (HISTORY_COLUMNS, check_params, fit, task_arch_from_path,
+                             task_params)
+
+SUBTYPES = ("normal", "bacteria", "virus")
+METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                  "val_auroc", "lr"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def synthetic_images(labels: np.ndarray, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Noise images; class 1 has a bright blob on the left, class 2 on the right."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(90, 25, (len(labels), size, size))
+    yy, xx = np.mgrid[:size, :size]
+    for i, y in enumerate(labels):
+        if y:
+            cx = size * (0.3 if y == 1 else 0.7) + rng.normal(0, 1.5)
+            blob = np.exp(-((xx - cx) ** 2 + (yy - size / 2) ** 2) / (2 * (size / 8) ** 2))
+            x[i] += 110 * blob
+    return np.clip(x, 0, 255).astype(np.uint8)
+
+
+def write_processed(root: Path, counts: dict[str, dict[str, int]], size: int = 32,
+                    data_source: str = "kermany", subtypes: bool = True) -> Path:
+    """A tiny prepared-data folder in the format of :mod:`pneumocxr.data.arrays`."""
+    rows = []
+    (root / "plain").mkdir(parents=True, exist_ok=True)
+    for s, (split, per_class) in enumerate(counts.items()):
+        labels = np.concatenate([np.full(n, SUBTYPES.index(k)) for k, n in per_class.items()])
+        np.save(root / "plain" / f"{split}.npy", synthetic_images(labels, size, seed=s))
+        for i, y in enumerate(labels):
+            sub = SUBTYPES[y]
+            rows.append({"split": split, "index": i, "file": f"{split}/{sub}_{i}.jpeg",
+                         "official_split": split, "label": "NORMAL" if y == 0 else "PNEUMONIA",
+                         "subtype": sub if subtypes else "unknown",
+                         "patient": f"{split}-{sub}-{i // 2}", "sha256": f"{s}{i}",
+                         "orig_width": size, "orig_height": size})
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+    (root / "info.json").write_text(json.dumps({"data_source": data_source}))
+    return root
+
+
+TINY = {"train": {"normal": 6, "bacteria": 5, "virus": 5},
+        "val": {"normal": 6, "bacteria": 4, "virus": 4},
+        "test": {"normal": 8, "bacteria": 6, "virus": 6},
+        "val_official": {"normal": 4, "bacteria": 4}}
+FAST = {"epochs": 3, "batch_size": 8, "precision": "fp32", "eval_batch_size": 64,
+        "lr": 1e-3, "select": "val_loss", "schedule": "step", "step_size": 1, "step_gamma": 0.5}
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory) -> Path:
+    return write_processed(tmp_path_factory.mktemp("processed"), TINY)
+
+
+def _datasets(processed, task="binary"):
+    return load_task_split(processed, "train", task)[0], load_task_split(processed, "val", task)[0]
+
+
+def _fit(processed, out: Path, task="binary", params=None, **kw):
+    (train, source), (val, _) = (load_task_split(processed, s, task) for s in ("train", "val"))
+    p = task_params({**FAST, **(params or {})}, task)
+    kw.setdefault("resume_root", out / "resume")
+    return fit(train, val, arch="resnet18", task=task, params=p, model_path=out / "best.pt",
+               history_path=out / "history.csv", seed=kw.pop("seed", 0), data_source=source, **kw)
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    sa, sb = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("schedule", ["onecycle", "step"])
+def test_resume_after_a_kill_ends_bitwise_identical_to_an_uninterrupted_run(
+        processed, tmp_path, schedule):
+    params = {"schedule": schedule}
+    _fit(processed, tmp_path / "straight", params=params)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(epoch, row):
+        if epoch == 1:
+            raise Killed
+
+    with pytest.raises(Killed):
+        _fit(processed, tmp_path / "killed", params=params, on_epoch_end=kill_after_first)
+    assert not (tmp_path / "killed" / "best.pt").exists()
+    seen = []
+    _fit(processed, tmp_path / "killed", params=params, on_epoch_end=lambda e, r: seen.append(e))
+    assert seen == [2, 3]  # resumed after the last finished epoch
+    assert _same_weights(tmp_path / "straight" / "best.pt", tmp_path / "killed" / "best.pt")
+    h1 = pd.read_csv(tmp_path / "straight" / "history.csv")
+    h2 = pd.read_csv(tmp_path / "killed" / "history.csv")
+    pd.testing.assert_frame_equal(h1[METRIC_COLUMNS], h2[METRIC_COLUMNS], check_exact=True)
+    m1 = load_checkpoint(tmp_path / "straight" / "best.pt")["meta"]
+    m2 = load_checkpoint(tmp_path / "killed" / "best.pt")["meta"]
+    assert m1["temperature"] == m2["temperature"]
+    assert m1["operating_threshold"] == m2["operating_threshold"]
+
+
+def test_same_params_and_seed_give_identical_results_and_another_seed_does_not(processed, tmp_path):
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        _fit(processed, tmp_path / name, params={"epochs": 1}, seed=seed, resume=False)
+    assert _same_weights(tmp_path / "a" / "best.pt", tmp_path / "b" / "best.pt")
+    assert not _same_weights(tmp_path / "a" / "best.pt", tmp_path / "c" / "best.pt")
+    ha = pd.read_csv(tmp_path / "a" / "history.csv")
+    hb = pd.read_csv(tmp_path / "b" / "history.csv")
+    pd.testing.assert_frame_equal(ha[METRIC_COLUMNS], hb[METRIC_COLUMNS], check_exact=True)
+
+
+def test_best_pt_holds_weights_and_metadata_but_no_optimizer_state(processed, tmp_path):
+    summary = _fit(processed, tmp_path, params={"epochs": 2})
+    ckpt = load_checkpoint(tmp_path / "best.pt")
+    assert set(ckpt) == {"model", "meta"}
+    meta = ckpt["meta"]
+    for key in ("arch", "task", "class_names", "in_chans", "input_size", "normalization",
+                "operating_threshold", "temperature", "params", "versions", "data_source"):
+        assert key in meta, key
+    assert meta["class_names"] == ["normal", "pneumonia"] and meta["input_size"] == 32
+    assert meta["data_source"] == "kermany" and meta["versions"]["torch"] == torch.__version__
+    assert 0.0 < meta["operating_threshold"]["value"] < 1.0 and meta["temperature"] > 0
+    assert meta["best_epoch"] == summary["best_epoch"]
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert list(hist.columns) == list(HISTORY_COLUMNS) and list(hist["epoch"]) == [1, 2]
+    assert (hist["images_per_s"] > 0).all()
+
+
+def test_3class_model_starts_from_the_binary_checkpoint_of_the_same_architecture(processed, tmp_path):
+    _fit(processed, tmp_path / "binary", params={"epochs": 1})
+    init = tmp_path / "binary" / "best.pt"
+    _fit(processed, tmp_path / "3class", task="3class", params={"epochs": 1}, init=init)
+    meta = load_checkpoint(tmp_path / "3class" / "best.pt")["meta"]
+    assert meta["class_names"] == ["normal", "bacteria", "virus"]
+    assert meta["init"] == str(init) and len(meta["init_sha256"]) == 64
+    train, val = _datasets(processed, "3class")
+    with pytest.raises(ValueError, match="'resnet18' cannot initialise 'vgg16'"):
+        fit(train, val, arch="vgg16", task="3class", params=FAST, init=init,
+            model_path=tmp_path / "x.pt", history_path=tmp_path / "x.csv",
+            resume_root=tmp_path / "r")
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"epochs": 0}, "epochs must be an integer >= 1"),
+    ({"lr": -1.0}, r"lr must be in \(0, 10\]"),
+    ({"batch_size": 1}, "batch_size must be an integer >= 2"),
+    ({"optimizer": "adam"}, "optimizer must be sgd or adamw"),
+    ({"augment": {"scale": [0.0, 1.0]}}, "augment.scale"),
+    ({"augment": {"zoom": 2}}, "unknown augment params"),
+    ({"threshold": {"rule": "test"}}, "threshold.rule"),
+    ({"epoch": 3}, "unknown keys"),
+])
+def test_train_params_out_of_range_are_clear_errors(override, message):
+    with pytest.raises(ValueError, match=message):
+        task_params(override, "binary")
+
+
+def test_task_overrides_apply_to_their_task_only():
+    params = {"epochs": 5, "3class": {"epochs": 2, "lr": 1e-4}}
+    assert task_params(params, "binary")["epochs"] == 5
+    p3 = task_params(params, "3class")
+    assert p3["epochs"] == 2 and p3["lr"] == 1e-4
+    assert check_params(p3) == p3
+
+
+def test_input_smaller_than_the_model_minimum_fails_before_training(processed, tmp_path):
+    train, val = _datasets(processed)
+    with pytest.raises(ValueError, match="alexnet needs input of at least 63x63"):
+        fit(train, val, arch="alexnet", task="binary", params=FAST,
+            model_path=tmp_path / "m.pt", history_path=tmp_path / "h.csv")
+
+
+def test_validation_split_without_every_class_is_rejected(tmp_path):
+    root = write_processed(tmp_path, {"train": {"normal": 8, "bacteria": 8},
+                                      "val": {"bacteria": 4}})
+    train, val = _datasets(root)
+    with pytest.raises(ValueError, match=r"no \['normal'\] image"):
+        fit(train, val, arch="resnet18", task="binary", params=FAST,
+            model_path=tmp_path / "m.pt", history_path=tmp_path / "h.csv")
+
+
+def test_medmnist_source_without_subtypes_cannot_feed_the_3class_task(tmp_path):
+    root = write_processed(tmp_path, {"train": {"normal": 4, "bacteria": 4}},
+                           data_source="medmnist", subtypes=False)
+    train, source = load_task_split(root, "train", "binary")
+    assert source == "medmnist" and train.class_counts() == [4, 4]
+    with pytest.raises(ValueError, match="data_source=medmnist.*no bacteria/virus subtypes"):
+        load_task_split(root, "train", "3class")
+
+
+def test_missing_split_names_the_file_and_the_fix(tmp_path):
+    root = write_processed(tmp_path, {"train": {"normal": 4, "bacteria": 4}})
+    with pytest.raises(FileNotFoundError, match="val.npy: missing"):
+        load_task_split(root, "val", "binary")
+    with pytest.raises(ValueError, match="unknown task"):
+        load_task_split(root, "train", "4class")
+
+
+def test_task_and_arch_come_from_the_model_path():
+    assert task_arch_from_path("models/3class/vgg16/best.pt") == ("3class", "vgg16")
+    with pytest.raises(ValueError, match="unknown architecture"):
+        task_arch_from_path("models/binary/resnet50/best.pt")
+
+
+def test_augment_is_seeded_keeps_range_and_disabled_augment_is_identity():
+    x = to_float(torch.from_numpy(synthetic_images(np.array([0, 1, 2, 1]), 40))[:, None])
+    aug = Augment()
+    a = aug(x, torch.Generator().manual_seed(5), size=32)
+    b = aug(x, torch.Generator().manual_seed(5), size=32)
+    c = aug(x, torch.Generator().manual_seed(6), size=32)
+    assert a.shape == (4, 1, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1
+    off = Augment(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, rotation=0.0, brightness=0.0,
+                  contrast=0.0)
+    assert torch.equal(off(x, torch.Generator()), x)
+
+
+def test_augment_flip_only_mirrors_the_image():
+    x = torch.rand(2, 1, 16, 16)
+    flip = Augment(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=1.0, rotation=0.0, brightness=0.0,
+                   contrast=0.0)
+    assert torch.allclose(flip(x, torch.Generator()), x.flip(-1), atol=1e-6)
+
+
+def test_array_dataset_validates_and_describes_itself():
+    ds = ArrayDataset(np.zeros((4, 8, 8), np.uint8), np.array([0, 1, 1, 1]), ["normal", "pneumonia"])
+    assert "n=4" in repr(ds) and "'pneumonia': 3" in repr(ds)
+    x, y = ds[1]
+    assert x.shape == (1, 8, 8) and x.dtype == torch.uint8 and y == 1
+    with pytest.raises(ValueError, match="uint8"):
+        ArrayDataset(np.zeros((4, 8, 8), np.float32), np.zeros(4), ["a", "b"])
+    with pytest.raises(ValueError, match="labels must lie"):
+        ArrayDataset(np.zeros((2, 8, 8), np.uint8), np.array([0, 2]), ["a", "b"])

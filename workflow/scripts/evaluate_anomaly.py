@@ -1,0 +1,28 @@
+"""Evaluate the autoencoder anomaly detector: score, EER threshold on val, test metrics, figures.
+
+Inputs:  model=models/autoencoder/best.pt  processed=data/processed
+Outputs: metrics=results/anomaly/metrics.json          (DVC metric)
+         scores=results/anomaly/scores.csv             (val and test scores, flagged or not)
+         reconstructions=results/anomaly/reconstructions.png
+         histogram=results/anomaly/score_histogram.png
+         roc=results/anomaly/roc.png
+Params:  anomaly (its score and evaluate sections are used), seed, device
+"""
+
+import sys
+
+from pneumocxr.anomaly import run_anomaly_evaluation
+from pneumocxr.stage import stage_io
+
+io = stage_io(globals())
+with io.logging():
+    run_anomaly_evaluation(
+        io.input["model"],
+        io.input["processed"],
+        io.output,
+        params=io.params["anomaly"],
+        seed=io.params["seed"],
+        device=io.params.get("device", "auto"),
+        # a bar on a terminal; in log files only when the params ask for it
+        progress=True if sys.stderr.isatty() else None,
+    )
