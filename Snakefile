@@ -18,6 +18,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/classify.smk"
 include: "workflow/rules/embed.smk"
+include: "workflow/rules/anomaly.smk"
+include: "workflow/rules/explain.smk"
 
 
 rule all:

@@ -58,6 +58,9 @@ EXPERIMENTS: dict[str, tuple[dict, str, str]] = {
     "vae_seed42": ({"variational": True, "kl_weight": 1.0, "epochs": 15}, "clahe",
                    "variational variant (KL weight 1 per image, loss per pixel), 15 epochs"),
     "ae_seed1": ({"seed": 1, "epochs": 15}, "clahe", "another seed, 15 epochs (seed spread)"),
+    "ae_latent32": ({"latent_dim": 32, "epochs": 15}, "clahe",
+                    "a 4x smaller code (32), 15 epochs: does a tighter bottleneck keep the code "
+                    "on global appearance?"),
 }
 
 
@@ -188,6 +191,7 @@ def candidate_scores() -> dict[str, anomaly.AnomalyScore]:
     c["feature_stats_all"] = anomaly.FeatureStatsDensity()
     for lv in range(4):
         c[f"feature_stats_L{lv}"] = anomaly.FeatureStatsDensity([lv])
+    c["feature_stats_L01"] = anomaly.FeatureStatsDensity([0, 1])
     for lv in (1, 2, 3):
         c[f"patch_L{lv}_mean"] = anomaly.PatchDensity(lv, "mean")
         c[f"patch_L{lv}_top10pct"] = anomaly.PatchDensity(lv, "topk", 0.1)
@@ -202,7 +206,8 @@ def _forwards(model, x, batch_size=64, recon_feats=True):
 def score(name: str, epoch: int | None = None) -> dict:
     """Fit every candidate score on train normals; AUROC on val and test, EER-threshold rates.
 
-    ``epoch``: score the weights saved at that epoch instead of the best (lowest val MSE) ones.
+    ``epoch``: score the weights saved at that epoch instead of the best (lowest val MSE) ones;
+    0 scores the untrained network (seeded initialisation), a control for what training adds.
     """
     key = _key(name)
     cache = SCRATCH / "scores" / f"{name}_{key}_{'best' if epoch is None else epoch}.json"
@@ -218,6 +223,9 @@ def score(name: str, epoch: int | None = None) -> dict:
         ck = torch.load(model_file, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["best"])
         best_epoch = ck["best_epoch"]
+    elif epoch == 0:
+        set_determinism(cfg["seed"])
+        model = _model(cfg)
     else:
         model.load_state_dict(torch.load(SCRATCH / "snapshots" / key / f"epoch{epoch:03d}.pt"))
     scorers = candidate_scores()
@@ -255,13 +263,14 @@ def score(name: str, epoch: int | None = None) -> dict:
             "test_flagged_bacteria": float(pred[subtypes["test"] == "bacteria"].mean()),
             "test_flagged_virus": float(pred[subtypes["test"] == "virus"].mean()),
         }
-        print(f"{name} epoch {epoch or 'best'} {k:22s} val {results[k]['val_auroc']:.3f} "
+        print(f"{name} epoch {'best' if epoch is None else epoch} {k:22s} val {results[k]['val_auroc']:.3f} "
               f"test {results[k]['test_auroc']:.3f} sens {rates['sensitivity']:.3f} "
               f"spec {rates['specificity']:.3f}", flush=True)
     np.savez(cache.with_suffix(".npz"), **{f"{split}/{k}": v for split in values
                                            for k, v in values[split].items()})
     row = {"name": name, "epoch": epoch if epoch is not None else best_epoch,
-           "weights": "snapshot" if epoch is not None else "best (lowest val normal MSE)",
+           "weights": "best (lowest val normal MSE)" if epoch is None else
+           "untrained (initialisation)" if epoch == 0 else "snapshot",
            "scores": results, "acquisition_check": acquisition_check(
                {k: np.concatenate([values["val"][k], values["test"][k]]) for k in scorers})}
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -364,7 +373,11 @@ def main() -> None:
         for name, (over, _, _) in EXPERIMENTS.items():
             train(name)
             epochs = (BASE | over)["epochs"]
-            for epoch in [None, *range(5, epochs + 1, 5)]:
+            for epoch in [None, 0, *range(5, epochs + 1, 5)]:
+                snap = SCRATCH / "snapshots" / _key(name) / f"epoch{epoch or 0:03d}.pt"
+                if epoch and not snap.is_file():
+                    logging.warning("%s: no snapshot of epoch %s, skipped", name, epoch)
+                    continue
                 score(name, epoch)
         print(collect())
 

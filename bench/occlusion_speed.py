@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64])
     parser.add_argument("--channels-last", choices=["off", "on", "both"], default="both")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "occlusion.json")
+    parser.add_argument("--append", action="store_true",
+                        help="add this invocation to the runs already in --out")
     args = parser.parse_args(argv)
     formats = {"off": [False], "on": [True], "both": [False, True]}[args.channels_last]
     runs = []
@@ -89,16 +91,22 @@ def main(argv: list[str] | None = None) -> dict:
                     print(json.dumps(r), flush=True)
                     runs.append(r)
     rev, dirty = _git_rev()
-    result = {
-        "benchmark": "occlusion_speed",
-        "command": "python " + " ".join(shlex.quote(a) for a in [
+    invocation = {
+        "command": ".venv/bin/python " + " ".join(shlex.quote(a) for a in [
             "bench/occlusion_speed.py", *(argv if argv is not None else sys.argv[1:])]),
         "git_rev": rev, "git_dirty": dirty,
         "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or
-                    platform.machine(), "torch": torch.__version__},
         "runs": runs,
     }
+    result = {
+        "benchmark": "occlusion_speed",
+        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or
+                    platform.machine(), "torch": torch.__version__},
+        "invocations": [],
+    }
+    if args.append and args.out.is_file():
+        result = json.loads(args.out.read_text())
+    result["invocations"].append(invocation)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     return result

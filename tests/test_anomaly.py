@@ -180,6 +180,20 @@ def test_latent_mahalanobis_scores_codes_far_from_the_normal_ones_higher():
     assert far[1] > far[0]
 
 
+def test_feature_stats_flag_feature_maps_with_less_structure_than_normal():
+    gen = torch.Generator().manual_seed(0)
+    # normal images: filter responses with spread ~1 (structure everywhere)
+    normal = [torch.randn(50, 4, 8, 8, generator=gen) * (1 + 0.1 * torch.rand(50, 4, 1, 1,
+                                                                            generator=gen))]
+    x = torch.zeros(50, 1, 8, 8)
+    scorer = create_score("feature_stats", levels=[0]).fit([_fwd(x, x, feats=normal)])
+    typical = torch.randn(1, 4, 8, 8, generator=gen)
+    hazy = 0.3 * torch.randn(1, 4, 8, 8, generator=gen)        # the same, washed out
+    harsh = 3.0 * torch.randn(1, 4, 8, 8, generator=gen)       # over-structured: also unusual
+    s = [float(scorer.score(_fwd(x[:1], x[:1], feats=[f]))) for f in (typical, hazy, harsh)]
+    assert s[1] > 2 * s[0] and s[2] > 2 * s[0]
+
+
 def test_patch_density_map_points_at_the_deviating_position():
     gen = torch.Generator().manual_seed(0)
     feats = torch.randn(100, 3, 4, 4, generator=gen)

@@ -178,6 +178,19 @@ def test_gradcam_works_on_a_registry_classifier_and_leaves_no_gradients_behind()
     assert len(model.model.trunk._forward_hooks) == 0
 
 
+@pytest.mark.parametrize(
+    "arch", ["resnet18", "alexnet", pytest.param("vgg16", marks=pytest.mark.slow)])
+def test_gradcam_and_occlusion_run_on_every_registry_architecture(arch):
+    torch.manual_seed(0)
+    model = ImageModel(create_model(arch, 3), default_normalization(1)).eval()
+    x = torch.rand(1, 1, 64, 64)
+    with GradCAM(model) as cam:
+        maps = cam(x)
+    assert maps.shape == (1, 64, 64) and torch.isfinite(maps).all()
+    occ = Occlusion(model).attribute(x, window=32, stride=32, batch_size=4)
+    assert occ.shape == (1, 64, 64) and torch.isfinite(occ).all()
+
+
 # ----------------------------------------------------------------------------- faithfulness
 
 
@@ -409,8 +422,8 @@ def test_explain_stage_writes_metrics_maps_and_figures(tmp_path):
     ckpt = tmp_path / "models" / "binary" / "resnet18" / "best.pt"
     ckpt.parent.mkdir(parents=True)
     torch.save({"model": model.state_dict(),
-                "meta": {"arch": "resnet18", "task": "binary", "class_names": ["normal", "pneumonia"],
-                         "in_chans": 1, "input_size": 32,
+                "meta": {"arch": "resnet18", "task": "binary", "in_chans": 1, "input_size": 32,
+                         "class_names": ["normal", "pneumonia"],
                          "normalization": default_normalization(1)}}, ckpt)
     figures = {name: tmp_path / "out" / f"{name}.png" for name in FIGURES}
     params = {"n_per_group": 2, "occlusion": {"window": 8, "stride": 8, "batch_size": 16},

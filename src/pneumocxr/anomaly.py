@@ -39,7 +39,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -465,8 +465,8 @@ class GaussianDensity:
 class AnomalyScore:
     """Base of the anomaly scores: higher = less like the normal training images.
 
-    ``fit`` sees evaluation-mode passes (:class:`Forward`) over the *normal training* images
-    (scores that need no fit ignore them); ``map`` gives a per-location anomaly map when the
+    ``fit`` sees evaluation-mode passes (:class:`Forward`, an iterable consumed once) over the
+    *normal training* images (scores that need no fit ignore them); ``map`` gives a per-location anomaly map when the
     score has one (for figures); ``score`` gives one number per image.
     """
 
@@ -474,7 +474,7 @@ class AnomalyScore:
     needs_fit = False
     needs_recon_feats = False
 
-    def fit(self, forwards: Sequence[Forward]) -> "AnomalyScore":
+    def fit(self, forwards: Iterable[Forward]) -> "AnomalyScore":
         return self
 
     def map(self, fwd: Forward) -> torch.Tensor | None:
@@ -532,7 +532,7 @@ class FeatureError(AnomalyScore):
         self.aggregation, self.fraction = aggregation, fraction
         self.scale: torch.Tensor | None = None
 
-    def fit(self, forwards: Sequence[Forward]) -> "FeatureError":
+    def fit(self, forwards: Iterable[Forward]) -> "FeatureError":
         sums = None
         n = 0
         for fwd in forwards:
@@ -580,7 +580,7 @@ class LatentDensity(AnomalyScore):
         self.gaussian = GaussianDensity()
         self.bank: torch.Tensor | None = None
 
-    def fit(self, forwards: Sequence[Forward]) -> "LatentDensity":
+    def fit(self, forwards: Iterable[Forward]) -> "LatentDensity":
         codes = torch.cat([f.code.cpu() for f in forwards])
         if self.kind == "mahalanobis":
             self.gaussian.fit(codes)
@@ -629,7 +629,7 @@ class FeatureStatsDensity(AnomalyScore):
     def _levels(self, fwd: Forward) -> list[int]:
         return list(range(len(fwd.feats))) if self.levels is None else self.levels
 
-    def fit(self, forwards: Sequence[Forward]) -> "FeatureStatsDensity":
+    def fit(self, forwards: Iterable[Forward]) -> "FeatureStatsDensity":
         self.gaussian.fit(torch.cat([feature_statistics(f.feats, self._levels(f)).cpu()
                                      for f in forwards]))
         return self
@@ -658,7 +658,7 @@ class PatchDensity(AnomalyScore):
         self.gaussian = GaussianDensity()
         self.shape: tuple[int, ...] | None = None
 
-    def fit(self, forwards: Sequence[Forward]) -> "PatchDensity":
+    def fit(self, forwards: Iterable[Forward]) -> "PatchDensity":
         f = torch.cat([fw.feats[self.level].cpu() for fw in forwards])  # (N, C, h, w)
         self.shape = tuple(f.shape[-2:])
         self.gaussian.fit(f.flatten(2).permute(2, 0, 1))                 # (P, N, C)
@@ -731,9 +731,9 @@ def fit_score(scorer: AnomalyScore, model: ConvAutoencoder, normal_x: torch.Tens
         return scorer
     if len(normal_x) < 2:
         raise ValueError(f"score {scorer.name} needs at least 2 normal training images to fit")
-    fws = list(iterate_forwards(model, normal_x, batch_size, scorer.needs_recon_feats, progress,
-                                desc=f"fit {scorer.name}"))
-    return scorer.fit(fws)
+    # streamed: each score keeps only what it needs of a batch (codes, statistics, one level)
+    return scorer.fit(iterate_forwards(model, normal_x, batch_size, scorer.needs_recon_feats,
+                                       progress, desc=f"fit {scorer.name}"))
 
 
 def compute_scores(scorer: AnomalyScore, model: ConvAutoencoder, x: torch.Tensor,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from .config import load_params
+from .config import ParamsError, load_params
 from .utils import set_threads
 
 
@@ -108,7 +108,13 @@ def stage_io(script_globals: dict[str, Any], argv: list[str] | None = None) -> S
                         help="top-level sections of the params file this step reads")
     parser.add_argument("--params-file", default="params.yaml")
     args = parser.parse_args(argv)
-    cfg = load_params(args.params_file)
+    try:
+        cfg = load_params(args.params_file)
+    except ParamsError as err:
+        raise SystemExit(f"{args.rule}: {err}") from None
+    missing = [name for name in args.params if name not in cfg]
+    if missing:
+        raise SystemExit(f"{args.rule}: {args.params_file} has no section {missing}")
     return StageIO(
         rule=args.rule,
         input=_pairs(args.input, "--input"),

@@ -73,4 +73,6 @@ def all_targets():
         *classifier_metrics().values(),
         "results/classify/model_comparison.png",
         *expand("results/embed/{task}/{arch}/metrics.json", task=TASKS, arch=ARCHS),
+        "results/anomaly/metrics.json",
+        *expand("results/explain/{task}/{arch}/metrics.json", task=TASKS, arch=ARCHS),
     ]

@@ -49,7 +49,9 @@ class GradCAM:
 
     def __init__(self, model: nn.Module, target_layer: nn.Module | None = None):
         self.model = model
-        self.target_layer = target_layer if target_layer is not None else default_target_layer(model)
+        if target_layer is None:
+            target_layer = default_target_layer(model)
+        self.target_layer = target_layer
         self._activation: torch.Tensor | None = None
         self._handle = self.target_layer.register_forward_hook(self._save_activation)
 

@@ -90,7 +90,8 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
          f"split must be test, val or val_official, got {p['split']!r}")
     need(isinstance(p["n_per_group"], int) and p["n_per_group"] >= 1,
          f"n_per_group must be an integer >= 1, got {p['n_per_group']}")
-    need(0.0 <= p["baseline"] <= 1.0, f"baseline must be an intensity in [0, 1], got {p['baseline']}")
+    need(0.0 <= p["baseline"] <= 1.0,
+         f"baseline must be an intensity in [0, 1], got {p['baseline']}")
     occ = p["occlusion"]
     for key in ("window", "stride", "batch_size"):
         need(isinstance(occ[key], int) and occ[key] >= 1,
@@ -108,7 +109,8 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     need(isinstance(p["share_n_per_class"], int) and p["share_n_per_class"] >= 0,
          f"share_n_per_class must be an integer >= 0, got {p['share_n_per_class']}")
     scopes = p["randomization"]["scopes"]
-    need(all(s in SCOPES for s in scopes), f"randomization.scopes must be among {SCOPES}, got {scopes}")
+    need(all(s in SCOPES for s in scopes),
+         f"randomization.scopes must be among {SCOPES}, got {scopes}")
     need(isinstance(p["randomization"]["n_images"], int) and p["randomization"]["n_images"] >= 0,
          f"randomization.n_images must be an integer >= 0, got {p['randomization']['n_images']}")
     bands = p["shortcut"]["bands"]
@@ -169,7 +171,7 @@ def _occlusion_maps(model: torch.nn.Module, x: torch.Tensor, categories: np.ndar
     return Occlusion(model).attribute(
         x, [ClassifierOutputSoftmaxTarget(int(c)) for c in categories], window=occ["window"],
         stride=occ["stride"], baseline=p["baseline"], batch_size=occ["batch_size"],
-        progress=progress)
+        channels_last=True, progress=progress)
 
 
 def template_mask(clahe_images: np.ndarray, cfg: LungMaskConfig) -> tuple[np.ndarray, int]:
@@ -215,7 +217,8 @@ def _share_summary(table: pd.DataFrame, class_names) -> dict[str, Any]:
         node = out.setdefault(method, {}).setdefault(mask, {}).setdefault(variant, {})
         for c, name in enumerate(class_names):
             gc = g[g["label"] == c]
-            node[name] = {"share": summarize(gc["share"]), "enrichment": summarize(gc["enrichment"]),
+            node[name] = {"share": summarize(gc["share"]),
+                          "enrichment": summarize(gc["enrichment"]),
                           "area": summarize(gc["area"]),
                           "mask_failures": int(gc["share"].isna().sum())}
     return out
@@ -255,7 +258,8 @@ def run_explain(
     if p["occlusion"]["window"] > size:
         raise ValueError(f"explain.occlusion.window ({p['occlusion']['window']} px) exceeds the "
                          f"model input ({size} px); lower it")
-    classifier = classifier.to(dev).eval()
+    # channels-last convolutions: the same numbers, ~15% less CPU time (bench/occlusion_speed.py)
+    classifier = classifier.to(dev).to(memory_format=torch.channels_last).eval()
     model = ImageModel(classifier, normalization).to(dev).eval()
 
     data, source = load_task_split(processed_dir, p["split"], task)
@@ -266,7 +270,8 @@ def run_explain(
     log.info("explain %s/%s (%s, %d images at %d px, data %s)", task, meta["arch"],
              model_path, len(data), size, source)
     logits = predict_logits(classifier, data, normalization=normalization,
-                            batch_size=p["batch_size"], input_size=size, progress=progress)
+                            batch_size=p["batch_size"], input_size=size, channels_last=True,
+                            progress=progress)
     preds = logits.argmax(1)
     probs = torch.softmax(torch.from_numpy(logits).double(), 1).numpy()
 
@@ -314,7 +319,8 @@ def run_explain(
     faith_metrics: dict[str, Any] = {}
     for method, g in faith.groupby("method", sort=False):
         faith_metrics[method] = {
-            k: summarize(g[k]) for k in ("deletion_auc", "insertion_auc", "insertion_minus_deletion")}
+            k: summarize(g[k])
+            for k in ("deletion_auc", "insertion_auc", "insertion_minus_deletion")}
         faith_metrics[method]["per_class"] = {
             name: {k: summarize(g[g["label"] == c][k]) for k in ("deletion_auc", "insertion_auc")}
             for c, name in enumerate(class_names)}

@@ -80,6 +80,8 @@ def overlay_grid(images: np.ndarray, maps: np.ndarray, masks: np.ndarray, info: 
                          f"pred {class_names[row['pred']]} p={row['p_pred']:.2f}", fontsize=8)
             if c == 0:
                 ax.set_ylabel(group, fontsize=9)
+    height = fig.get_figheight()
+    fig.subplots_adjust(top=1.0 - 0.9 / height, bottom=0.2 / height, hspace=0.32, wspace=0.08)
     fig.colorbar(ScalarMappable(norm, CMAPS[method]), ax=axes, fraction=0.03, pad=0.02,
                  label=_colorbar_label(method))
     fig.suptitle(title(f"{METHOD_LABELS[method]} maps of the predicted class, {task} {arch} "

@@ -1,0 +1,56 @@
+# Explainability: occlusion sensitivity and Grad-CAM of each classifier, their faithfulness,
+# where the model looks (lung fields vs periphery), sanity checks and the border shortcut probe.
+
+
+rule explain:
+    input:
+        processed=PROCESSED,
+        model=f"{MODELS}/{{task}}/{{arch}}/best.pt",
+    output:
+        metrics="results/explain/{task}/{arch}/metrics.json",
+        maps="results/explain/{task}/{arch}/maps.npz",
+        occlusion=report(
+            "results/explain/{task}/{arch}/occlusion.png",
+            caption="../report/explain_occlusion.rst",
+            category="Explainability",
+            subcategory="{task} {arch}",
+        ),
+        gradcam=report(
+            "results/explain/{task}/{arch}/gradcam.png",
+            caption="../report/explain_gradcam.rst",
+            category="Explainability",
+            subcategory="{task} {arch}",
+        ),
+        comparison=report(
+            "results/explain/{task}/{arch}/comparison.png",
+            caption="../report/explain_comparison.rst",
+            category="Explainability",
+            subcategory="{task} {arch}",
+        ),
+        lung_share=report(
+            "results/explain/{task}/{arch}/lung_share.png",
+            caption="../report/explain_lung_share.rst",
+            category="Explainability",
+            subcategory="{task} {arch}",
+        ),
+        faithfulness=report(
+            "results/explain/{task}/{arch}/faithfulness.png",
+            caption="../report/explain_faithfulness.rst",
+            category="Explainability",
+            subcategory="{task} {arch}",
+        ),
+    log:
+        "logs/explain/{task}/{arch}.log",
+    benchmark:
+        "benchmarks/explain/{task}/{arch}.tsv"
+    conda:
+        ENV
+    threads: 4
+    resources:
+        mem_mb=6000,
+    params:
+        explain=config["explain"],
+        seed=config["seed"],
+        device=config["device"],
+    script:
+        "../scripts/explain.py"
