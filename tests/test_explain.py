@@ -415,6 +415,7 @@ def _write_processed(root: Path, size: int = 32) -> Path:
     return root
 
 
+@pytest.mark.slow   # ~10 s on an idle machine, most of it drawing the five figures
 def test_explain_stage_writes_metrics_maps_and_figures(tmp_path):
     processed = _write_processed(tmp_path / "processed")
     torch.manual_seed(0)

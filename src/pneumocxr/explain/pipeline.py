@@ -348,11 +348,11 @@ def run_explain(
         "selected": _share_summary(shares, class_names),
     }
     sample_shares = None
-    if p["share_n_per_class"] > 0:
-        rng = np.random.default_rng(seed + 1)
-        sample_idx = np.sort(np.concatenate([
-            rng.permutation(np.flatnonzero(data.labels == c))[:p["share_n_per_class"]]
-            for c in range(len(class_names))]))
+    rng = np.random.default_rng(seed + 1)
+    sample_idx = np.sort(np.concatenate([
+        rng.permutation(np.flatnonzero(data.labels == c))[:p["share_n_per_class"]]
+        for c in range(len(class_names))]))
+    if len(sample_idx) > 0:
         xs = _as_model_input(data.images[sample_idx], size).to(dev)
         t0 = time.perf_counter()
         cam_sample = _gradcam_maps(model, xs, preds[sample_idx], p["batch_size"]).numpy()
