@@ -147,6 +147,10 @@ def history_figure(history: pd.DataFrame, text: str, data_source: str,
     return fig
 
 
+_METRIC_LABELS = {"auroc": "AUROC", "sensitivity": "sensitivity\n(op. threshold)",
+                  "specificity": "specificity\n(op. threshold)"}
+
+
 def comparison_figure(table: pd.DataFrame, text: str, data_source: str) -> plt.Figure:
     """Grouped bars with 95% CI whiskers: one panel per task, one bar group per metric.
 
@@ -154,6 +158,7 @@ def comparison_figure(table: pd.DataFrame, text: str, data_source: str) -> plt.F
     label, e.g. ``resnet18 (128 px, weights none)``).
     """
     tasks = list(dict.fromkeys(table["task"]))
+    archs = list(dict.fromkeys(table["arch"])) if "arch" in table else []
     fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         sub = table[table["task"] == task]
@@ -166,12 +171,16 @@ def comparison_figure(table: pd.DataFrame, text: str, data_source: str) -> plt.F
             v = rows["value"].to_numpy(dtype=float)
             err = np.vstack([v - rows["ci_low"].to_numpy(dtype=float),
                              rows["ci_high"].to_numpy(dtype=float) - v])
-            ax.bar(x, v, width=width, label=model, yerr=np.nan_to_num(err), capsize=3)
-        ax.set_xticks(range(len(metrics)), metrics)
+            arch = rows["arch"].iloc[0] if "arch" in rows else None
+            color = f"C{archs.index(arch) % 10}" if arch in archs else None
+            ax.bar(x, v, width=width, label=model, yerr=np.nan_to_num(err), capsize=3,
+                   color=color)
+        ax.set_xticks(range(len(metrics)), [_METRIC_LABELS.get(m, m) for m in metrics])
         ax.set_ylim(0, 1.05)
-        ax.set_ylabel("test value (95% CI, patient bootstrap)")
+        ax.set_ylabel("value (95% CI, patient bootstrap)")
         ax.set_title(f"task: {task}")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                  ncol=min(len(models), 2), frameon=False)
     fig.suptitle(title(text, data_source))
     fig.tight_layout()
     return fig
