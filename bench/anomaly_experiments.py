@@ -1,10 +1,15 @@
 """Experiments behind the anomaly stage's design: which autoencoder and, above all, which score.
 
-The study's detector done plainly (conv autoencoder, CLAHE, 128 px, MSE, trained on normal
-images) ranks the held-out pneumonia images as *less* anomalous than the normal ones. This
-script trains the autoencoders compared in the note and scores each with every candidate score
-of :mod:`pneumocxr.anomaly` (pixel errors, feature-space errors, densities fitted on the normal
-training images), with the threshold chosen on ``val`` (EER) and applied to ``test``.
+Pneumonia X-rays are hazier than normal ones, so errors that count lost detail rank them as
+*less* anomalous than normals (issue 5 measured the mean squared error of a plain autoencoder
+at AUROC 0.30). This script trains the autoencoders compared in the note (the default setting,
+a second seed, a variational variant, a smaller code; snapshots every 5 epochs and the
+untrained network as a control) and scores each with every candidate score of
+:mod:`pneumocxr.anomaly` (pixel and structural errors, feature-space errors, densities fitted
+on the normal training images), with the threshold chosen on ``val`` (EER) and applied to
+``test``. :func:`select_score` picks the default score on ``val`` only;
+:func:`acquisition_check` asks whether a score's ranking survives holding the original image
+geometry fixed.
 
 Data: the shared Kermany copy (``../shared/data/kermany``), decoded once into a prepared-format
 folder (``metadata.csv``, ``info.json``, ``<variant>/<split>.npy``; :func:`build_arrays`) in
@@ -15,6 +20,7 @@ folder (``metadata.csv``, ``info.json``, ``<variant>/<split>.npy``; :func:`build
     .venv/bin/python bench/anomaly_experiments.py all          # everything (hours on 2 CPUs)
     .venv/bin/python bench/anomaly_experiments.py train --name ae_seed42
     .venv/bin/python bench/anomaly_experiments.py score --name ae_seed42 [--epoch 15]
+    .venv/bin/python bench/anomaly_experiments.py stage        # the evaluation stage, real data
     .venv/bin/python bench/anomaly_experiments.py collect      # -> bench/results/*.json
 
 Training is resumable (the library's ResumeCache under the scratch folder); scores of each
@@ -28,6 +34,7 @@ import argparse
 import json
 import logging
 import platform
+import shutil
 import time
 from pathlib import Path
 
@@ -58,10 +65,22 @@ EXPERIMENTS: dict[str, tuple[dict, str, str]] = {
     "vae_seed42": ({"variational": True, "kl_weight": 1.0, "epochs": 15}, "clahe",
                    "variational variant (KL weight 1 per image, loss per pixel), 15 epochs"),
     "ae_seed1": ({"seed": 1, "epochs": 15}, "clahe", "another seed, 15 epochs (seed spread)"),
+    "ae_seed1_e30": ({"seed": 1}, "clahe",
+                     "seed 1 to 30 epochs: the default setting on a second seed (continued from "
+                     "ae_seed1's epoch-15 state; no schedule depends on the epoch count, so the "
+                     "first 15 epochs are the same)"),
     "ae_latent32": ({"latent_dim": 32, "epochs": 15}, "clahe",
                     "a 4x smaller code (32), 15 epochs: does a tighter bottleneck keep the code "
                     "on global appearance?"),
+    "ae_plain": ({}, "plain", "the default setting without CLAHE (the plain prepared variant)"),
+    "ae_latent32_e30": ({"latent_dim": 32}, "clahe",
+                        "code 32 to 30 epochs (continued from ae_latent32's epoch-15 state)"),
 }
+
+
+#: Runs that continue another run's final state (same config except the epoch count; Adam at a
+#: constant learning rate and per-epoch state make the first epochs identical).
+CONTINUES = {"ae_seed1_e30": "ae_seed1", "ae_latent32_e30": "ae_latent32"}
 
 
 # ----------------------------------------------------------------------------- data
@@ -149,6 +168,16 @@ def train(name: str, progress: bool = False) -> Path:
     out = SCRATCH / "models" / f"{key}.pt"
     if out.is_file():
         return out
+    cache = ResumeCache("anomaly_exp", key, SCRATCH / "resume")
+    snaps = SCRATCH / "snapshots" / key
+    snaps.mkdir(parents=True, exist_ok=True)
+    if name in CONTINUES and cache.load() is None:
+        src = CONTINUES[name]
+        train(src, progress)
+        cache.dir.mkdir(parents=True, exist_ok=True)
+        shutil.copy(SCRATCH / "resume" / "anomaly_exp" / _key(src) / "state.pt", cache.path)
+        for f in (SCRATCH / "snapshots" / _key(src)).glob("*.pt"):
+            shutil.copy(f, snaps / f.name)
     set_determinism(cfg["seed"])
     tr = load_split(DATA, "train", variant)
     va = load_split(DATA, "val", variant)
@@ -156,8 +185,6 @@ def train(name: str, progress: bool = False) -> Path:
     x = anomaly.to_tensor(tr.images[tr.y_binary == 0], s)
     xv = anomaly.to_tensor(va.images[va.y_binary == 0], s)
     model = _model(cfg)
-    snaps = SCRATCH / "snapshots" / key
-    snaps.mkdir(parents=True, exist_ok=True)
 
     def snapshot(epoch: int, row: dict) -> None:
         if epoch % 5 == 0:
@@ -166,9 +193,8 @@ def train(name: str, progress: bool = False) -> Path:
     t0 = time.time()
     res = anomaly.fit_autoencoder(model, x, xv, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                                   lr=cfg["lr"], kl_weight=cfg.get("kl_weight", 1.0),
-                                  seed=cfg["seed"],
-                                  cache=ResumeCache("anomaly_exp", key, SCRATCH / "resume"),
-                                  progress=progress, on_epoch_end=snapshot)
+                                  seed=cfg["seed"], cache=cache, progress=progress,
+                                  on_epoch_end=snapshot)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"best": res["best_state"], "last": model.state_dict(), "cfg": cfg,
                 "variant": variant, "history": res["history"], "best_epoch": res["best_epoch"],
@@ -185,6 +211,8 @@ def candidate_scores() -> dict[str, anomaly.AnomalyScore]:
     for kind in ("mse", "ssim", "gradient"):
         c[f"{kind}_mean"] = anomaly.ReconstructionError(kind, "mean")
         c[f"{kind}_top1pct"] = anomaly.ReconstructionError(kind, "topk", 0.01)
+    for pct in (0.5, 2, 5):  # the aggregation's fraction for the structural error
+        c[f"ssim_top{pct}pct"] = anomaly.ReconstructionError("ssim", "topk", pct / 100)
     c["feature_error_mean"] = anomaly.FeatureError("mean")
     c["latent_mahalanobis"] = anomaly.LatentDensity("mahalanobis")
     c["latent_knn5"] = anomaly.LatentDensity("knn", 5)
@@ -203,18 +231,13 @@ def _forwards(model, x, batch_size=64, recon_feats=True):
         yield anomaly.forward_batch(model, x[i:i + batch_size], recon_feats=recon_feats)
 
 
-def score(name: str, epoch: int | None = None) -> dict:
-    """Fit every candidate score on train normals; AUROC on val and test, EER-threshold rates.
-
-    ``epoch``: score the weights saved at that epoch instead of the best (lowest val MSE) ones;
-    0 scores the untrained network (seeded initialisation), a control for what training adds.
-    """
+def _load_model(name: str, epoch: int | None) -> tuple[anomaly.ConvAutoencoder, int]:
+    """The weights of ``name``: best (None), untrained (0) or the snapshot of ``epoch``."""
+    cfg, _ = _cfg(name)
     key = _key(name)
-    cache = SCRATCH / "scores" / f"{name}_{key}_{'best' if epoch is None else epoch}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text())
-    cfg, variant = _cfg(name)
-    s = cfg["input_size"]
+    if epoch == 0:
+        set_determinism(cfg["seed"])
+        return _model(cfg), 0
     model = _model(cfg)
     if epoch is None:
         model_file = SCRATCH / "models" / f"{key}.pt"
@@ -222,13 +245,33 @@ def score(name: str, epoch: int | None = None) -> dict:
             raise FileNotFoundError(f"{model_file}: train {name} first")
         ck = torch.load(model_file, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["best"])
-        best_epoch = ck["best_epoch"]
-    elif epoch == 0:
-        set_determinism(cfg["seed"])
-        model = _model(cfg)
-    else:
-        model.load_state_dict(torch.load(SCRATCH / "snapshots" / key / f"epoch{epoch:03d}.pt"))
-    scorers = candidate_scores()
+        return model, ck["best_epoch"]
+    model.load_state_dict(torch.load(SCRATCH / "snapshots" / key / f"epoch{epoch:03d}.pt"))
+    return model, epoch
+
+
+def score(name: str, epoch: int | None = None) -> dict:
+    """Fit every candidate score on train normals; AUROC on val and test, EER-threshold rates.
+
+    ``epoch``: score the weights saved at that epoch instead of the best (lowest val MSE) ones;
+    0 scores the untrained network (seeded initialisation), a control for what training adds.
+    Incremental: candidates already in the cache are not recomputed.
+    """
+    key = _key(name)
+    cache = SCRATCH / "scores" / f"{name}_{key}_{'best' if epoch is None else epoch}.json"
+    old, values = {}, {"val": {}, "test": {}}
+    if cache.is_file():
+        old = json.loads(cache.read_text())
+        with np.load(cache.with_suffix(".npz")) as z:
+            for k in z.files:
+                split, cand = k.split("/", 1)
+                values[split][cand] = z[k]
+    scorers = {k: v for k, v in candidate_scores().items() if k not in values["test"]}
+    if not scorers:
+        return old
+    cfg, variant = _cfg(name)
+    s = cfg["input_size"]
+    model, at_epoch = _load_model(name, epoch)
     tr = load_split(DATA, "train", variant)
     fw_train = list(_forwards(model, anomaly.to_tensor(tr.images[tr.y_binary == 0], s)))
     fitted: dict = {}
@@ -241,7 +284,7 @@ def score(name: str, epoch: int | None = None) -> dict:
         else:
             fitted[fit_key] = sc.fit(fw_train).state_dict()
     del fw_train
-    values, labels, subtypes = {}, {}, {}
+    labels, subtypes = {}, {}
     for split in ("val", "test"):
         d = load_split(DATA, split, variant)
         labels[split], subtypes[split] = d.y_binary, d.meta["subtype"].to_numpy()
@@ -249,9 +292,10 @@ def score(name: str, epoch: int | None = None) -> dict:
         for fw in _forwards(model, anomaly.to_tensor(d.images, s)):
             for k, sc in scorers.items():
                 out[k].append(sc.score(fw))
-        values[split] = {k: torch.cat(v).numpy() for k, v in out.items()}
+        values[split].update({k: torch.cat(v).numpy() for k, v in out.items()})
+    order = [k for k in candidate_scores() if k in values["test"]]
     results = {}
-    for k in scorers:
+    for k in order:
         thr = eer_threshold(labels["val"], values["val"][k])
         pred = values["test"][k] >= thr["threshold"]
         rates = binary_rates(labels["test"], pred)
@@ -263,17 +307,17 @@ def score(name: str, epoch: int | None = None) -> dict:
             "test_flagged_bacteria": float(pred[subtypes["test"] == "bacteria"].mean()),
             "test_flagged_virus": float(pred[subtypes["test"] == "virus"].mean()),
         }
-        print(f"{name} epoch {'best' if epoch is None else epoch} {k:22s} val {results[k]['val_auroc']:.3f} "
-              f"test {results[k]['test_auroc']:.3f} sens {rates['sensitivity']:.3f} "
-              f"spec {rates['specificity']:.3f}", flush=True)
-    np.savez(cache.with_suffix(".npz"), **{f"{split}/{k}": v for split in values
-                                           for k, v in values[split].items()})
-    row = {"name": name, "epoch": epoch if epoch is not None else best_epoch,
+        print(f"{name} epoch {'best' if epoch is None else epoch} {k:22s} "
+              f"val {results[k]['val_auroc']:.3f} test {results[k]['test_auroc']:.3f} "
+              f"sens {rates['sensitivity']:.3f} spec {rates['specificity']:.3f}", flush=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache.with_suffix(".npz"), **{f"{split}/{k}": values[split][k]
+                                           for split in values for k in order})
+    row = {"name": name, "epoch": at_epoch,
            "weights": "best (lowest val normal MSE)" if epoch is None else
            "untrained (initialisation)" if epoch == 0 else "snapshot",
            "scores": results, "acquisition_check": acquisition_check(
-               {k: np.concatenate([values["val"][k], values["test"][k]]) for k in scorers})}
-    cache.parent.mkdir(parents=True, exist_ok=True)
+               {k: np.concatenate([values["val"][k], values["test"][k]]) for k in order})}
     cache.write_text(json.dumps(row, indent=1))
     return row
 
@@ -318,7 +362,116 @@ def acquisition_check(scores: dict[str, np.ndarray]) -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- the stage
+
+
+def stage_evaluation(name: str = "ae_seed42", score_params: dict | None = None,
+                     out: Path = SCRATCH / "stage") -> dict:
+    """Run the evaluation stage (:func:`pneumocxr.anomaly.run_anomaly_evaluation`, default
+    params unless ``score_params``) on the real arrays with the weights of ``name``.
+
+    The weights are wrapped in a stage checkpoint (the same ``fit_autoencoder`` trained them;
+    retraining through the training stage would repeat an hour of CPU for the same numbers).
+    Writes metrics.json, scores.csv and the three figures under ``out``.
+    """
+    cfg, variant = _cfg(name)
+    ck = torch.load(SCRATCH / "models" / f"{_key(name)}.pt", map_location="cpu",
+                    weights_only=False)
+    model = _model(cfg)
+    tr = load_split(DATA, "train", variant)
+    meta = {"kind": "autoencoder", "model": model.config(), "variant": variant,
+            "train": {k: v for k, v in cfg.items() if k not in ("input_size", "channels",
+                                                               "latent_dim", "variational")},
+            "seed": cfg["seed"], "best_epoch": ck["best_epoch"],
+            "val_mse": min(r["val_loss"] for r in ck["history"]),
+            "n_train_normal": int((tr.y_binary == 0).sum()), "data_source": tr.data_source,
+            "note": f"weights of bench/anomaly_experiments.py run {name}"}
+    model_path = out / "models" / "autoencoder" / "best.pt"
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": ck["best"], "epoch": ck["best_epoch"], "meta": meta}, model_path)
+    res = out / "results" / "anomaly"
+    outputs = {"metrics": res / "metrics.json", "scores": res / "scores.csv",
+               "reconstructions": res / "reconstructions.png",
+               "histogram": res / "score_histogram.png", "roc": res / "roc.png"}
+    params = {"score": score_params} if score_params else {}
+    return anomaly.run_anomaly_evaluation(model_path, DATA, outputs, params=params,
+                                          seed=cfg["seed"], device="cpu")
+
+
 # ----------------------------------------------------------------------------- report
+
+
+STAGE_METRICS = SCRATCH / "stage" / "results" / "anomaly" / "metrics.json"
+SUMMARY_SCORES = ("mse_mean", "mse_top1pct", "gradient_mean", "ssim_mean", "ssim_top2pct",
+                  "feature_error_mean", "latent_mahalanobis", "latent_knn5", "feature_stats_L0",
+                  "patch_L3_mean")
+
+
+def select_score(runs: list[dict], run: str = "ae_seed42", min_gain: float = 0.1) -> dict:
+    """The default score, chosen on validation only.
+
+    Rule: among the scores whose validation AUROC rises by more than ``min_gain`` from the
+    untrained network to the trained one (so they measure what the autoencoder learned of
+    normal images, not a property of the input alone), the one with the highest validation
+    AUROC averaged over the trained weights of ``run`` (the default setting: epochs 15, 20,
+    25 and the best = last), so the choice does not hinge on one stopping epoch.
+    """
+    evs = [ev for r in runs if r["name"] == run for ev in r["evaluations"]]
+    trained = [ev["scores"] for ev in evs if not ev["weights"].startswith("untrained")]
+    untrained = [ev["scores"] for ev in evs if ev["weights"].startswith("untrained")]
+    if not trained or not untrained:
+        return {"note": f"{run}: trained and untrained evaluations needed"}
+    table = {k: {"val_auroc_trained_mean": round(float(np.mean([t[k]["val_auroc"]
+                                                                for t in trained])), 3),
+                 "val_auroc_untrained": round(untrained[0][k]["val_auroc"], 3)}
+             for k in untrained[0] if all(k in t for t in trained)}
+    learned = {k: v for k, v in table.items()
+               if v["val_auroc_trained_mean"] - v["val_auroc_untrained"] > min_gain}
+    chosen = (max(learned, key=lambda k: learned[k]["val_auroc_trained_mean"])
+              if learned else None)
+    rule = " ".join(select_score.__doc__.split("Rule: ")[1].split())
+    return {"rule": rule, "run": run, "n_trained_weights": len(trained), "min_gain": min_gain,
+            "chosen": chosen,
+            "best_val_overall": max(table, key=lambda k: table[k]["val_auroc_trained_mean"]),
+            "table": table}
+
+
+def _slim(ev: dict) -> dict:
+    """One evaluation for the results file: every score's AUROCs and EER-threshold rates; the
+    per-subtype and acquisition checks for the summary scores only."""
+    keep = ("val_auroc", "test_auroc", "test_sensitivity", "test_specificity", "val_eer_gap")
+    scores = {k: {m: v[m] for m in keep} | ({m: v[m] for m in v if m.startswith("test_flagged")}
+                                              if k in SUMMARY_SCORES else {})
+              for k, v in ev["scores"].items()}
+    acq = {k: v for k, v in ev["acquisition_check"].items()
+           if not isinstance(v, dict) or k in SUMMARY_SCORES}
+    return {**ev, "scores": scores, "acquisition_check": acq}
+
+
+def _dump(obj, indent: int = 0) -> str:
+    """JSON with one line per flat dict or list (readable and ~4x smaller than indent=1)."""
+    flat = not isinstance(obj, (dict, list)) or all(
+        not isinstance(v, (dict, list)) or (isinstance(v, list) and len(v) <= 3 and all(
+            not isinstance(x, (dict, list)) for x in v))
+        for v in (obj.values() if isinstance(obj, dict) else obj))
+    if flat:
+        return json.dumps(obj)
+    pad = " " * (indent + 1)
+    if isinstance(obj, dict):
+        items = [f"{pad}{json.dumps(k)}: {_dump(v, indent + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    items = [pad + _dump(v, indent + 1) for v in obj]
+    return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
+
+
+def _rounded(obj, digits: int = 4):
+    if isinstance(obj, float):
+        return round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: _rounded(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v, digits) for v in obj]
+    return obj
 
 
 def collect() -> Path:
@@ -334,10 +487,22 @@ def collect() -> Path:
         runs.append({
             "name": name, "what": what, "config": BASE | over, "variant": variant,
             "best_epoch": ck["best_epoch"], "train_seconds": round(ck["seconds"]),
-            "history": [{k: round(v, 6) for k, v in r.items()} for r in ck["history"]],
-            "evaluations": [json.loads(p.read_text()) for p in scored],
+            "history": [[r["epoch"], round(r["train_loss"], 6), round(r["val_loss"], 6)]
+                        for r in ck["history"]],
+            "history_columns": ["epoch", "train_loss", "val_normal_mse"],
+            "evaluations": sorted((_slim(json.loads(p.read_text())) for p in scored),
+                                  key=lambda ev: (ev["weights"].startswith("best"),
+                                                  ev["epoch"])),
         })
     info = json.loads((DATA / "info.json").read_text())
+    summary = []
+    for run in runs:
+        for ev in run["evaluations"]:
+            summary.append({"run": run["name"], "epoch": ev["epoch"], "weights": ev["weights"],
+                            **{k: {m: round(v[m], 3) for m in ("val_auroc", "test_auroc",
+                                                                "test_sensitivity",
+                                                                "test_specificity")}
+                               for k, v in ev["scores"].items() if k in SUMMARY_SCORES}})
     out = {
         "what": "anomaly score design: AUROC on val and test, and test sensitivity/specificity "
                 "at the EER threshold chosen on val, per autoencoder and candidate score",
@@ -345,18 +510,23 @@ def collect() -> Path:
         "data": {**info, "note": "shared Kermany dev copy; val = 10% of train patients "
                  "(grouped, stratified); test = the shared dev test split (patient-disjoint)"},
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "device": "cpu"},
+                    "device": "cpu", "note": "runs trained with 1-2 torch threads on a shared "
+                    "2-core CPU; train_seconds are wall times under that contention"},
+        "selection": select_score(runs),
+        "stage_evaluation": (json.loads(STAGE_METRICS.read_text()) if STAGE_METRICS.is_file()
+                             else None),
+        "summary": summary,
         "runs": runs,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1) + "\n")
+    RESULTS.write_text(_dump(_rounded(out)) + "\n")
     return RESULTS
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cmd", choices=["data", "train", "score", "collect", "all"])
+    parser.add_argument("cmd", choices=["data", "train", "score", "stage", "collect", "all"])
     parser.add_argument("--name", choices=sorted(EXPERIMENTS), default="ae_seed42")
     parser.add_argument("--epoch", type=int, help="score the snapshot of this epoch")
     parser.add_argument("--threads", type=int, default=2)
@@ -367,17 +537,18 @@ def main() -> None:
         print(train(args.name))
     elif args.cmd == "score":
         score(args.name, args.epoch)
+    elif args.cmd == "stage":
+        m = stage_evaluation(args.name)
+        print(json.dumps({k: m["test"][k] for k in ("auroc", "sensitivity", "specificity")}))
     elif args.cmd == "collect":
         print(collect())
     elif args.cmd == "all":
         for name, (over, _, _) in EXPERIMENTS.items():
             train(name)
             epochs = (BASE | over)["epochs"]
-            for epoch in [None, 0, *range(5, epochs + 1, 5)]:
-                snap = SCRATCH / "snapshots" / _key(name) / f"epoch{epoch or 0:03d}.pt"
-                if epoch and not snap.is_file():
-                    logging.warning("%s: no snapshot of epoch %s, skipped", name, epoch)
-                    continue
+            # a continued run shares its first epochs (and initialisation) with its source
+            first = (BASE | EXPERIMENTS[CONTINUES[name]][0])["epochs"] if name in CONTINUES else 0
+            for epoch in [None, *([] if first else [0]), *range(first + 5, epochs, 5)]:
                 score(name, epoch)
         print(collect())
 

@@ -289,6 +289,18 @@ def test_training_resumes_bitwise_identical_after_an_interruption(tmp_path):
     assert len(ha) == 3 and ha["best"].sum() == 1
 
 
+def test_params_with_a_typo_or_a_bad_value_fail_naming_the_key():
+    assert anomaly.check_params({"train": {"epochs": 3}})["train"]["epochs"] == 3
+    with pytest.raises(ValueError, match=r"anomaly.score: unknown key\(s\) \['methd'\]"):
+        anomaly.check_params({"score": {"methd": "ssim"}})
+    with pytest.raises(ValueError, match="anomaly.train.lr must be a number > 0"):
+        anomaly.check_params({"train": {"lr": 0}})
+    with pytest.raises(ValueError, match="divisible"):
+        anomaly.check_params({"model": {"input_size": 100, "channels": [8, 16, 32]}})
+    with pytest.raises(ValueError, match="encoder blocks"):
+        anomaly.check_params({"model": {"channels": [8, 16]}, "score": {"level": 3}})
+
+
 def test_training_without_normal_images_is_a_clear_error(tmp_path):
     processed = _write_prepared(tmp_path / "processed")
     meta = pd.read_csv(processed / "metadata.csv")

@@ -75,7 +75,7 @@ def score_histogram(scores: np.ndarray, labels: np.ndarray, threshold: float,
                     label=f"{CLASS_NAMES[c]} (n={len(s)})")
     ax.axvline(threshold, color="black", linestyle="--",
                label=f"threshold {threshold:.3g} (val EER)")
-    ax.set_xlabel(f"{score_label} (higher = less like normal training images)")
+    ax.set_xlabel(f"anomaly score: {score_label}\n(higher = less like the normal training images)")
     ax.set_ylabel("density")
     ax.legend(fontsize=8)
     ax.set_title(title(f"Anomaly score by class, {split} split", data_source), fontsize=10)
@@ -105,7 +105,7 @@ def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], threshold: f
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title(f"ROC of the {score_label}; threshold {threshold:.3g}", data_source),
-                 fontsize=10)
+    ax.set_title(title(f"ROC of the anomaly score, threshold {threshold:.3g}\n{score_label}",
+                       data_source), fontsize=9)
     fig.tight_layout()
     return fig
