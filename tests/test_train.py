@@ -252,3 +252,25 @@ def test_array_dataset_validates_and_describes_itself():
         ArrayDataset(np.zeros((4, 8, 8), np.float32), np.zeros(4), ["a", "b"])
     with pytest.raises(ValueError, match="labels must lie"):
         ArrayDataset(np.zeros((2, 8, 8), np.uint8), np.array([0, 2]), ["a", "b"])
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_real_data_smoke_run_learns_pneumonia(kermany_root, tmp_path):
+    """CI floor on the real shared data: ~500 train images, 2 epochs, 64 px, from scratch.
+
+    Catches a broken pipeline (labels, preprocessing, training, evaluation), not a good model:
+    a run that learns anything reaches a held-out AUROC well above the floor.
+    """
+    from pneumocxr.data.prepare import prepare
+    from pneumocxr.train import smoke_run
+
+    processed = tmp_path / "processed"
+    prepare("kermany", kermany_root, processed, tmp_path / "reports", resize=73, crop=64,
+            variants=["plain"], seed=42, threads=1, progress=False)
+    metrics = smoke_run(processed, tmp_path / "work", n_train=500, epochs=2, input_size=64)
+    test = metrics["test"]
+    assert test["n_images"] == 524  # the whole dev test split, not a subsample
+    assert test["auroc"]["value"] >= 0.80
+    assert test["auroc"]["ci_low"] <= test["auroc"]["value"] <= test["auroc"]["ci_high"]
+    assert metrics["val"]["auroc"]["value"] >= 0.80
