@@ -194,3 +194,84 @@ def test_unreadable_path_is_rejected_not_raised(tmp_path):
     with pytest.raises(BadImageError) as err:
         read_image(tmp_path)          # a folder: the OS refuses to read it
     assert err.value.kind == "unreadable"
+
+
+# -- DICOM --------------------------------------------------------------------------------------
+
+from pneumocxr.data.dicom import encode_dicom, window_to_uint8  # noqa: E402
+
+
+def _noise(h=70, w=90) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (h, w)).astype(np.uint8)
+
+
+def test_8bit_monochrome2_dicom_decodes_to_its_pixels():
+    g = _noise()
+    dec = decode_image(encode_dicom(g), min_side=16)
+    assert dec.mode == "DICOM MONOCHROME2 8-bit" and (dec.width, dec.height) == (90, 70)
+    np.testing.assert_array_equal(dec.pixels, g)
+
+
+@pytest.mark.parametrize("function", ["LINEAR", "LINEAR_EXACT"])
+def test_16bit_monochrome1_dicom_is_windowed_and_inverted_back_to_the_picture(function):
+    g = _noise()
+    a, b = 16, 100                                   # stored = (255 - g) * a + b, bone = dark
+    stored = ((255 - g.astype(np.uint16)) * a + b).astype(np.uint16)
+    window = (b + 127.5 * a + 0.5, 255 * a + 1) if function == "LINEAR" else \
+        (b + 127.5 * a, 255 * a)
+    dec = decode_image(encode_dicom(stored, photometric="MONOCHROME1", window=window,
+                                    voi_function=function), min_side=16)
+    assert dec.mode == "DICOM MONOCHROME1 16-bit"
+    np.testing.assert_array_equal(dec.pixels, g)
+
+
+def test_dicom_rescale_is_applied_before_the_window():
+    g = _noise()
+    a, b = 16, 100                                   # real value = 2 * stored - 50
+    stored = ((g.astype(np.uint16) * a + b + 50) // 2).astype(np.uint16)
+    dec = decode_image(encode_dicom(stored, window=(b + 127.5 * a, 255 * a),
+                                    voi_function="LINEAR_EXACT", rescale=(2, -50)), min_side=16)
+    np.testing.assert_array_equal(dec.pixels, g)
+
+
+def test_window_clips_outside_values_and_sigmoid_is_centred():
+    v = np.array([0.0, 50.0, 100.0, 1000.0])
+    out = window_to_uint8(v, center=50, width=100, function="LINEAR_EXACT")
+    np.testing.assert_array_equal(out, [0, 128, 255, 255])
+    assert window_to_uint8(np.array([50.0]), 50, 100, "SIGMOID")[0] == 128
+    with pytest.raises(BadImageError, match="VOILUTFunction"):
+        window_to_uint8(v, 50, 100, "LOG")
+
+
+def test_16bit_dicom_without_window_is_scaled_like_a_16bit_png():
+    g16 = (_noise().astype(np.uint16) * 4 + 1000).astype(np.uint16)
+    png = cv2.imencode(".png", g16)[1].tobytes()
+    np.testing.assert_array_equal(decode_image(encode_dicom(g16), min_side=16).pixels,
+                                  decode_image(png, min_side=16).pixels)
+
+
+def test_dcm_file_without_preamble_is_read_as_dicom(tmp_path):
+    g = _noise()
+    path = tmp_path / "raw.dcm"
+    path.write_bytes(encode_dicom(g)[132:])           # strip preamble and DICM magic
+    np.testing.assert_array_equal(read_image(path, min_side=16).pixels, g)
+
+
+def test_bad_dicoms_are_rejected_with_a_reason(tmp_path):
+    g = _noise()
+    assert _rejected_kind(encode_dicom(g, frames=3), min_side=16) == "unsupported_format"
+    assert _rejected_kind(encode_dicom(g), min_side=100) == "too_small"
+    assert _rejected_kind(encode_dicom(g), min_side=16, max_pixels=1000) == "decompression_bomb"
+    data = encode_dicom(g)
+    assert _rejected_kind(data[:len(data) - 3000], min_side=16) in ("truncated", "corrupt")
+    from pydicom import dcmread
+    ds = dcmread(io.BytesIO(data))
+    del ds.PixelData
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    assert _rejected_kind(buf.getvalue(), min_side=16) == "not_an_image"
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"definitely not a DICOM file" * 10)
+    with pytest.raises(BadImageError) as err:
+        read_image(junk, min_side=16)
+    assert err.value.kind in ("not_an_image", "corrupt")

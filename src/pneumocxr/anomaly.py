@@ -65,7 +65,7 @@ from . import __version__
 from .checkpoint import (ResumeCache, atomic_save, load_checkpoint, params_key, rng_state,
                          set_rng_state)
 from .config import deep_merge
-from .data.arrays import SplitData, load_split
+from .data.arrays import SplitData, load_split, preprocess_meta
 from .metrics import binary_rates, bootstrap_cis, eer_threshold, reweight_to_prevalence
 from .utils import resolve_device, set_determinism
 
@@ -1061,6 +1061,7 @@ def run_autoencoder_training(
         "data_source": train.data_source, "data_fingerprint": key_parts["data"],
         "image_size": list(train.images.shape[1:]), "versions": library_versions(),
         "normalization_note": "x = uint8 / 255, area-resized to model.input_size",
+        "preprocess": preprocess_meta(processed_dir, t["variant"]),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_save({"model": res["best_state"], "epoch": res["best_epoch"],

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpoint import ResumeCache, atomic_save, params_key, rng_state, set_rng_state
 from .config import deep_merge
+from .data.arrays import preprocess_meta
 from .datasets import (Augment, ArrayDataset, balanced_sample_weights, check_task, epoch_indices,
                        iterate_batches, load_task_split, to_float)
 from .evaluate import (THRESHOLD_RULES, autocast_dtype, choose_threshold, fit_temperature,
@@ -316,6 +317,7 @@ def fit(
     resume_root: str | Path | None = None,
     progress: bool = False,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    preprocess: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train ``arch`` for ``task`` on ``train``, select on ``val``, write ``best.pt`` and history.
 
@@ -465,6 +467,7 @@ def fit(
         "init": weights, "init_sha256": key_parts["init"] if init_meta is not None else None,
         "versions": library_versions(), "data_source": data_source,
         "data_fingerprint": key_parts["data"], "n_train": len(train), "n_val": len(val),
+        "preprocess": dict(preprocess) if preprocess else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     atomic_save({"model": _cpu_state(model), "meta": meta}, model_path)
@@ -506,7 +509,9 @@ def run_training(
     return fit(train, val, arch=arch, task=task, params=p, model_path=model_path,
                history_path=history_path, seed=seed, device=device, init=init,
                data_source=source, resume_root=resume_root,
-               progress=progress or bool(p["progress"]))
+               progress=progress or bool(p["progress"]),
+               preprocess=preprocess_meta(processed_dir, "plain"))
+
 
 
 def task_arch_from_path(path: str | Path) -> tuple[str, str]:

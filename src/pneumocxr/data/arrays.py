@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -98,6 +99,14 @@ def read_info(processed_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; run the prepare stage first")
     return json.loads(path.read_text())
+
+
+def preprocess_meta(processed_dir: str | Path, variant: str) -> dict[str, Any]:
+    """How the prepared images a model saw were made (stored in its checkpoint, so `predict`
+    applies the same resize / crop / CLAHE to new images)."""
+    info = read_info(processed_dir)
+    return {"resize": info["resize"], "crop": info["crop"], "clahe": info["clahe"],
+            "variant": variant}
 
 
 def load_split(processed_dir: str | Path, split: str, variant: str = "plain") -> SplitData:

@@ -22,7 +22,11 @@ Why PIL (and OpenCV for one case):
 
 Wider-than-8-bit data is scaled to 8 bits by :func:`pneumocxr.data.preprocess.to_uint8`
 (linear, per-image min-max; never clipped). EXIF orientation is ignored (chest X-ray exports
-do not use it). Only JPEG (including MPO, a JPEG variant) and PNG files are accepted.
+do not use it). JPEG (including MPO, a JPEG variant) and PNG files are accepted, and DICOM
+files (``DICM`` magic, or any file named ``*.dcm``/``*.dicom`` given to :func:`read_image`),
+which :mod:`pneumocxr.data.dicom` decodes (modality LUT, window, MONOCHROME1 inverted). The
+``prepare`` stage only lists ``.jpeg``/``.jpg``/``.png`` files; ``pneumocxr predict`` takes
+all three.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from PIL import Image, UnidentifiedImageError
 from .preprocess import to_uint8
 
 ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG")
+DICOM_SUFFIXES = (".dcm", ".dicom")
 
 #: every reason a file can be rejected for (the prefix of ``reason`` in rejected.csv)
 REJECT_KINDS = (
@@ -51,7 +56,7 @@ REJECT_KINDS = (
     "label_mismatch",      # the name says one class, the folder another
     "empty",               # zero bytes
     "not_an_image",        # PIL cannot identify it
-    "unsupported_format",  # an image, but not JPEG or PNG
+    "unsupported_format",  # an image, but not JPEG, PNG or a decodable DICOM
     "truncated",           # the file ends before the image data does
     "corrupt",             # the image data cannot be decoded
     "decompression_bomb",  # width x height over data.max_pixels
@@ -110,27 +115,38 @@ def pil_pixel_limit(max_pixels: int) -> Iterator[None]:
 
 def read_image(path: str | Path, *, min_side: int = 64,
                max_pixels: int = 100_000_000) -> DecodedImage:
-    """Read and decode one image file (see :func:`decode_image`)."""
+    """Read and decode one image file (see :func:`decode_image`); a ``.dcm``/``.dicom`` file
+    without the DICOM preamble is read as DICOM too."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as err:
         raise BadImageError("unreadable", f"cannot read the file ({err.strerror or err})") from None
+    if path.suffix.lower() in DICOM_SUFFIXES and data:
+        from .dicom import decode_dicom
+
+        return decode_dicom(data, min_side=min_side, max_pixels=max_pixels, force=True)
     return decode_image(data, min_side=min_side, max_pixels=max_pixels)
 
 
 def decode_image(data: bytes, *, min_side: int = 64,
                  max_pixels: int = 100_000_000) -> DecodedImage:
-    """Decode JPEG/PNG bytes to a uint8 grayscale image.
+    """Decode JPEG/PNG (or DICOM) bytes to a uint8 grayscale image.
 
     Checks, in order: empty file, recognisable image, JPEG/PNG format, ``width * height <=
     max_pixels`` (before decoding), ``min(width, height) >= min_side``, complete image data.
+    DICOM bytes go to :func:`pneumocxr.data.dicom.decode_dicom` (the same checks).
 
     Raises:
         BadImageError: with ``kind`` naming the failed check.
     """
     if len(data) == 0:
         raise BadImageError("empty", "file is empty (0 bytes)")
+    # imported here: dicom.py builds on this module's BadImageError and DecodedImage
+    from .dicom import decode_dicom, is_dicom
+
+    if is_dicom(data):
+        return decode_dicom(data, min_side=min_side, max_pixels=max_pixels)
     digest = hashlib.sha256(data).hexdigest()
     try:
         im = Image.open(io.BytesIO(data))
