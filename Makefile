@@ -8,6 +8,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CORES  ?= 2
 SMK    := $(BIN)/snakemake --profile workflow/profiles/local --cores $(CORES)
+# Snakemake's HTML report (every figure, its caption and params), written after the run
+REPORT := --report-after-run --report results/report.html
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup demo run test lint dvc.yaml dvc-demo dag clean
@@ -22,10 +24,10 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)  ## whole pipeline on the synthetic demo data (offline, minutes on 2 cores)
-	$(SMK) all --configfile config/demo.yaml
+	$(SMK) all --configfile config/demo.yaml $(REPORT)
 
 run: $(STAMP)  ## whole pipeline on real data at data/raw/chest_xray (params.yaml)
-	$(SMK) all
+	$(SMK) all $(REPORT)
 
 test: $(STAMP)  ## unit tests, workflow checks and the end-to-end demo run
 	$(BIN)/python -m pytest

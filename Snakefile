@@ -4,7 +4,9 @@
 #   snakemake --cores 2 all --configfile config/demo.yaml    # embedded synthetic demo
 #
 # params.yaml is the one config; overlays in config/ are merged on top (--configfile).
-# dvc.yaml is generated from this workflow (`make dvc.yaml`); tests/test_dvc_sync.py checks it.
+# dvc.yaml is generated from this workflow (`make dvc.yaml`); tests/test_workflow.py checks it.
+# The HTML report (every figure with its caption and params) is Snakemake's own:
+#   snakemake ... all --report-after-run --report results/report.html     (make demo / make run)
 
 from snakemake.utils import min_version
 
@@ -20,6 +22,7 @@ include: "workflow/rules/classify.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/anomaly.smk"
 include: "workflow/rules/explain.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

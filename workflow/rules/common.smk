@@ -66,6 +66,28 @@ def classifier_metrics(wildcards=None):
     }
 
 
+def summary_inputs(wildcards=None):
+    """Inputs of the summary rule, named as pneumocxr.report expects (kind_task_arch)."""
+    inputs = {
+        "data": "results/data/summary.json",
+        "processed": PROCESSED,
+        "anomaly": "results/anomaly/metrics.json",
+        "anomaly_scores": "results/anomaly/scores.csv",
+        "anomaly_model": f"{MODELS}/autoencoder/best.pt",
+    }
+    for task in TASKS:
+        for arch in ARCHS:
+            key = f"{task}_{arch}"
+            inputs[f"classify_{key}"] = f"results/classify/{task}/{arch}/metrics.json"
+            inputs[f"predictions_{key}"] = (
+                f"results/classify/{task}/{arch}/predictions.csv"
+            )
+            inputs[f"explain_{key}"] = f"results/explain/{task}/{arch}/metrics.json"
+            inputs[f"embed_{key}"] = f"results/embed/{task}/{arch}/metrics.json"
+            inputs[f"model_{key}"] = f"{MODELS}/{task}/{arch}/best.pt"
+    return inputs
+
+
 def all_targets():
     return [
         "results/data/summary.json",
@@ -75,4 +97,8 @@ def all_targets():
         *expand("results/embed/{task}/{arch}/metrics.json", task=TASKS, arch=ARCHS),
         "results/anomaly/metrics.json",
         *expand("results/explain/{task}/{arch}/metrics.json", task=TASKS, arch=ARCHS),
+        # last: the run summary and model card, made from everything above
+        "results/summary.json",
+        "results/summary.md",
+        "results/MODEL_CARD.md",
     ]
