@@ -42,8 +42,9 @@ dvc.yaml: $(STAMP)  ## regenerate dvc.yaml and workflow/envs from the Snakefile 
 dvc-demo: $(STAMP)  ## the demo through DVC: overlay -> `dvc exp run -S ...`
 	$(BIN)/dvc exp run $$($(BIN)/pneumocxr params --overlay config/demo.yaml --dvc-set)
 
-dag: $(STAMP)
-	$(BIN)/snakemake all --rulegraph --configfile config/demo.yaml | dot -Tpng > docs/rulegraph.png
+dag: $(STAMP)  ## redraw docs/rulegraph.png and docs/dvc_dag.png (matplotlib; no Graphviz needed)
+	$(BIN)/snakemake all --rulegraph --configfile config/demo.yaml | $(BIN)/python docs/render_dag.py --title "Snakemake rule graph (snakemake all --rulegraph)" -o docs/rulegraph.png
+	$(BIN)/dvc dag --dot | $(BIN)/python docs/render_dag.py --title "DVC stages (dvc dag): one per Snakemake job; with real data, make_demo stands apart" -o docs/dvc_dag.png
 
 clean:  ## remove pipeline outputs (not the venv, not the DVC cache)
 	rm -rf data/processed data/demo results/* logs benchmarks .snakemake

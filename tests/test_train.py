@@ -274,3 +274,33 @@ def test_real_data_smoke_run_learns_pneumonia(kermany_root, tmp_path):
     assert test["auroc"]["value"] >= 0.80
     assert test["auroc"]["ci_low"] <= test["auroc"]["value"] <= test["auroc"]["ci_high"]
     assert metrics["val"]["auroc"]["value"] >= 0.80
+
+
+def test_fp16_needs_cuda_and_auto_never_picks_it_on_cpu():
+    from pneumocxr.evaluate import autocast_dtype
+    from pneumocxr.train import resolve_precision
+
+    cpu = torch.device("cpu")
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", cpu)
+    assert resolve_precision("auto", cpu) in ("fp32", "bf16")
+    assert autocast_dtype("fp16", cpu) is torch.float16
+    assert task_params({"precision": "fp16"}, "binary")["precision"] == "fp16"
+
+
+def test_loss_scaled_step_matches_the_plain_step_when_nothing_overflows(processed):
+    """The fp16 path's GradScaler (exercised here on CPU in fp32) unscales before stepping."""
+    from pneumocxr.models import create_model, default_normalization
+    from pneumocxr.train import train_one_epoch
+
+    train, _ = _datasets(processed)
+    weights = []
+    for scaler in (None, torch.amp.GradScaler("cpu", init_scale=1024.0)):
+        torch.manual_seed(0)
+        model = create_model("resnet18", 2, in_chans=1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        train_one_epoch(model, train, torch.nn.CrossEntropyLoss(), opt,
+                        normalization=default_normalization(1), batch_size=8,
+                        generator=torch.Generator().manual_seed(0), input_size=32, scaler=scaler)
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.allclose(weights[0], weights[1], atol=1e-5)

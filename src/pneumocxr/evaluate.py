@@ -42,12 +42,15 @@ THRESHOLD_RULES = ("youden", "sensitivity")
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """``bf16`` -> torch.bfloat16 (autocast), ``fp32`` -> None."""
+    """``bf16`` -> torch.bfloat16, ``fp16`` -> torch.float16 (autocast), ``fp32`` -> None."""
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
-    raise ValueError(f"precision must be fp32 or bf16 (auto is resolved by train), got {precision!r}")
+    if precision == "fp16":
+        return torch.float16
+    raise ValueError(f"precision must be fp32, bf16 or fp16 (auto is resolved by train), "
+                     f"got {precision!r}")
 
 
 @torch.no_grad()

@@ -16,7 +16,8 @@ while any change starts afresh. ``best.pt`` holds no optimizer state.
 
 Precision: ``bf16`` runs forward passes under ``torch.autocast`` (weights and optimizer stay
 fp32); ``auto`` picks it only where the CPU has native bf16 (AVX512-BF16/AMX) or on CUDA with
-bf16 support -- on plain AVX2 emulated bf16 is many times slower than fp32.
+bf16 support -- on plain AVX2 emulated bf16 is many times slower than fp32. ``fp16`` (CUDA
+only; ``auto`` on GPUs without bf16) adds a GradScaler, whose state is part of the resume state.
 """
 
 from __future__ import annotations
@@ -122,8 +123,8 @@ def check_params(p: Mapping[str, Any]) -> dict[str, Any]:
     _check(p["class_weights"] in ("none", "balanced"),
            f"class_weights must be none or balanced, got {p['class_weights']!r}")
     _check(0 <= p["label_smoothing"] < 1, f"label_smoothing must be in [0, 1), got {p['label_smoothing']}")
-    _check(p["precision"] in ("auto", "fp32", "bf16"),
-           f"precision must be auto, fp32 or bf16, got {p['precision']!r}")
+    _check(p["precision"] in ("auto", "fp32", "bf16", "fp16"),
+           f"precision must be auto, fp32, bf16 or fp16, got {p['precision']!r}")
     _check(p["select"] in SELECT, f"select must be one of {SELECT}, got {p['select']!r}")
     thr = p["threshold"]
     _check(isinstance(thr, Mapping) and thr.get("rule") in THRESHOLD_RULES,
@@ -146,11 +147,15 @@ def task_params(train_params: Mapping[str, Any], task: str) -> dict[str, Any]:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` where it is native (CUDA with bf16, CPU with AVX512-BF16/AMX), else ``fp32``."""
+    """``auto`` -> ``bf16`` where it is native (CUDA with bf16, CPU with AVX512-BF16/AMX),
+    ``fp16`` on older CUDA GPUs (with loss scaling), else ``fp32``. ``fp16`` needs CUDA."""
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("train.precision fp16 needs a CUDA device (loss-scaled half precision); "
+                         "use bf16 or fp32 on CPU")
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
@@ -200,8 +205,10 @@ def train_one_epoch(
     precision: str = "fp32",
     channels_last: bool = False,
     progress: bool = False,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """One epoch over ``data`` (last incomplete batch dropped); ``scheduler`` steps per batch.
+    """One epoch over ``data`` (last incomplete batch dropped); ``scheduler`` steps per batch;
+    ``scaler`` scales the loss (fp16 on CUDA).
 
     Returns mean loss, accuracy, images seen, seconds and images/s.
     """
@@ -228,8 +235,13 @@ def train_one_epoch(
         if not torch.isfinite(loss):
             raise RuntimeError(f"training diverged: loss is {loss.item()} (lower train.lr)")
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
         if scheduler is not None:
             scheduler.step()
         loss_sum += loss.item() * len(y)
@@ -387,6 +399,7 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     augment = Augment.from_params(p["augment"])
     sample_weights = balanced_sample_weights(train.labels) if p["balanced_sampler"] else None
+    scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
 
     history: list[dict[str, float]] = []
     best = {"epoch": 0, "score": None, "metrics": None}
@@ -397,6 +410,8 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler") is not None:
+            scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         generator.set_state(state["generator"])
         history, best, start = state["history"], state["best"], state["epoch"] + 1
@@ -415,7 +430,7 @@ def fit(
             batch_size=p["batch_size"], generator=generator, augment=augment,
             input_size=input_size, scheduler=scheduler if when == "batch" else None,
             sample_weights=sample_weights, precision=precision,
-            channels_last=p["channels_last"], progress=progress)
+            channels_last=p["channels_last"], progress=progress, scaler=scaler)
         if when == "epoch":
             scheduler.step()
         logits = predict_logits(model, val, normalization=normalization,
@@ -433,6 +448,7 @@ def fit(
         cache.save({
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
             "rng": rng_state(), "generator": generator.get_state(), "best": best,
             "history": history, "key": key_parts,
         })
