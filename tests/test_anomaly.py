@@ -321,7 +321,8 @@ def test_evaluation_writes_metrics_scores_and_figures(tmp_path, method):
                                      resume_root=tmp_path / "cache")
     outputs = {"metrics": tmp_path / "out/metrics.json", "scores": tmp_path / "out/scores.csv",
                "reconstructions": tmp_path / "out/reconstructions.png",
-               "histogram": tmp_path / "out/histogram.png", "roc": tmp_path / "out/roc.png"}
+               "histogram": tmp_path / "out/histogram.png", "roc": tmp_path / "out/roc.png",
+               "score_state": tmp_path / "out/score_state.pt"}
     metrics = anomaly.run_anomaly_evaluation(tmp_path / "best.pt", processed, outputs,
                                              params=params, seed=0, device="cpu")
     for path in outputs.values():
@@ -335,6 +336,10 @@ def test_evaluation_writes_metrics_scores_and_figures(tmp_path, method):
     assert {"value", "val_fpr", "val_fnr", "gap", "tolerance_met"} <= set(t)
     scores = pd.read_csv(outputs["scores"])
     assert set(scores["split"]) == {"val", "test"} and len(scores) == 40
+    state = torch.load(outputs["score_state"], weights_only=True)
+    assert state["score"]["method"] == method and state["threshold"]["value"] == t["value"]
+    reloaded = anomaly.create_score(**state["score"])
+    reloaded.load_state_dict(state["state"])  # what predict does with it
     # the threshold came from val: recomputing the EER there gives it back
     val = scores[scores["split"] == "val"]
     assert choose_threshold((val["label"] == "PNEUMONIA").to_numpy(),

@@ -1129,6 +1129,12 @@ def run_anomaly_evaluation(
         scores[name] = compute_scores(scorer, model, xs[name], e["batch_size"], progress)
     y_val, y_test = splits["val"].y_binary, splits["test"].y_binary
     threshold = choose_threshold(y_val, scores["val"], e["eer_tolerance"])
+    if outputs.get("score_state"):
+        # what `pneumocxr predict` needs to score new images the same way: the score's params,
+        # its state fitted on the normal training images (empty for reconstruction errors)
+        # and the threshold
+        atomic_save({"score": dict(s), "state": scorer.state_dict(), "threshold": threshold},
+                    outputs["score_state"])
     test = anomaly_metrics(y_test, scores["test"], threshold["value"], splits["test"].patients,
                            prevalence=e["prevalence"], n_boot=e["n_boot"], seed=seed)
     pred_test = scores["test"] >= threshold["value"]

@@ -34,6 +34,7 @@ rule evaluate_anomaly:
     output:
         metrics="results/anomaly/metrics.json",
         scores="results/anomaly/scores.csv",
+        score_state="results/anomaly/score_state.pt",
         reconstructions=report(
             "results/anomaly/reconstructions.png",
             caption="../report/anomaly_reconstructions.rst",

@@ -3,6 +3,7 @@
 Inputs:  model=models/autoencoder/best.pt  processed=data/processed
 Outputs: metrics=results/anomaly/metrics.json          (DVC metric)
          scores=results/anomaly/scores.csv             (val and test scores, flagged or not)
+         score_state=results/anomaly/score_state.pt    (fitted score + threshold, for predict)
          reconstructions=results/anomaly/reconstructions.png
          histogram=results/anomaly/score_histogram.png
          roc=results/anomaly/roc.png

@@ -101,10 +101,13 @@ def read_info(processed_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
-def preprocess_meta(processed_dir: str | Path, variant: str) -> dict[str, Any]:
+def preprocess_meta(processed_dir: str | Path, variant: str) -> dict[str, Any] | None:
     """How the prepared images a model saw were made (stored in its checkpoint, so `predict`
-    applies the same resize / crop / CLAHE to new images)."""
+    applies the same resize / crop / CLAHE to new images); None when ``info.json`` does not
+    record it (arrays not written by ``prepare``)."""
     info = read_info(processed_dir)
+    if not {"resize", "crop", "clahe"} <= set(info):
+        return None
     return {"resize": info["resize"], "crop": info["crop"], "clahe": info["clahe"],
             "variant": variant}
 
