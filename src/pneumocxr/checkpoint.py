@@ -32,6 +32,15 @@ def params_key(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def rng_state() -> dict[str, Any]:
     state = {
         "python": random.getstate(),

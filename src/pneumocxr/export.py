@@ -18,7 +18,6 @@ raise :class:`OnnxUnavailableError` naming the packages to install.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import file_sha256
 from .evaluate import probabilities
 from .models import Classifier, load_model
 
@@ -48,13 +48,6 @@ def _import(name: str):
             f"the ONNX backend needs the optional package {name!r}; install it with "
             f"`pip install {ONNX_PINS}` (or use the default PyTorch backend)") from None
 
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _Exported(nn.Module):

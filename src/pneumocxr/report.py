@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
+from .checkpoint import file_sha256
 from .metrics import bootstrap_cis, reweight_to_prevalence
 
 log = logging.getLogger(__name__)
@@ -168,13 +169,6 @@ def _read_csv(path: str | Path, columns: Sequence[str], what: str) -> pd.DataFra
         raise ValueError(f"{path}: {what} lacks columns {missing}; rerun its stage")
     return df
 
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def split_inputs(inputs: Mapping[str, str]) -> tuple[dict[tuple[str, str], dict[str, str]],

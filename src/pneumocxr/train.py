@@ -38,7 +38,8 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import ResumeCache, atomic_save, params_key, rng_state, set_rng_state
+from .checkpoint import (ResumeCache, atomic_save, file_sha256, params_key, rng_state,
+                         set_rng_state)
 from .config import deep_merge
 from .data.arrays import preprocess_meta
 from .datasets import (Augment, ArrayDataset, balanced_sample_weights, check_task, epoch_indices,
@@ -283,13 +284,6 @@ def _fingerprint(*datasets: ArrayDataset) -> str:
     return h.hexdigest()[:16]
 
 
-def _file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
 
 def library_versions() -> dict[str, str]:
     return {"pneumocxr": __version__, "python": platform.python_version(),
@@ -379,7 +373,7 @@ def fit(
         "params": {k: v for k, v in p.items() if k != "progress"}, "device": dev.type,
         "precision": precision, "threads": torch.get_num_threads(),
         "data": _fingerprint(train, val),
-        "init": _file_sha256(weights) if init_meta is not None else weights,
+        "init": file_sha256(weights) if init_meta is not None else weights,
         "versions": library_versions(),
     }
     cache = ResumeCache(f"train/{task}/{arch}", params_key(key_parts), root=resume_root)
