@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--epochs", type=int, default=15, help="binary epochs")
     ap.add_argument("--epochs-3class", type=int, default=10, help="3-class fine-tune epochs")
     ap.add_argument("--lr-3class", type=float, default=1e-3)
+    ap.add_argument("--init-3class", choices=["binary", "none"], default="binary",
+                    help="the 3-class model starts from the binary checkpoint (the study's "
+                         "way) or from scratch")
+    ap.add_argument("--tasks", nargs="+", choices=["binary", "3class"],
+                    default=["binary", "3class"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--n-boot", type=int, default=1000)
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "3class": {"epochs": args.epochs_3class, "lr": args.lr_3class}}
     results = {}
     init = None
-    for task in ("binary", "3class"):
+    for task in args.tasks:
         out = work / "models" / task / args.arch
         res = work / "results" / task / args.arch
         t0 = time.perf_counter()
@@ -124,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  params={"n_boot": args.n_boot}, seed=args.seed)
         seconds[f"evaluate_{task}"] = time.perf_counter() - t0
         results[task] = _headline(metrics)
-        init = out / "best.pt"
+        init = out / "best.pt" if args.init_3class == "binary" else None
 
     summary = {
         "what": "dev-test metrics (value, 95% CI low, high; patient bootstrap) of the recipe",
