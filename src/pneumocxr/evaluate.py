@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .datasets import ArrayDataset, check_task, iterate_batches, load_task_split, to_float
 from .metrics import binary_rates, bootstrap_cis, youden_threshold
+from .utils import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -394,23 +395,11 @@ def evaluate_checkpoint(
     return metrics, pd.concat(rows, ignore_index=True)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return None if not np.isfinite(obj) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def write_json(obj: Any, path: str | Path) -> Path:
     """Write ``obj`` as indented JSON (NaN -> null, so every reader accepts it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+    path.write_text(json.dumps(jsonable(obj), indent=2) + "\n")
     return path
 
 

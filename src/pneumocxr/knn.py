@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from sklearn.metrics import (
 from sklearn.neighbors import KNeighborsClassifier
 
 from .metrics import bootstrap_ci
+from .utils import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -325,18 +325,3 @@ def accuracy_difference(
 
     return bootstrap_ci(diff, [np.asarray(y_true), np.asarray(pred_a), np.asarray(pred_b)],
                         groups=groups, n_boot=n_boot, seed=seed)
-
-
-def jsonable(obj: Any) -> Any:
-    """Plain JSON types: numpy scalars/arrays converted, NaN and inf become ``None``."""
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj

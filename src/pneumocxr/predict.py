@@ -618,7 +618,7 @@ def write_predictions(rows: Sequence[Prediction], path: str | Path,
                       info: Mapping[str, Any] | None = None) -> Path:
     """CSV (:data:`CSV_COLUMNS`) or JSON (``{"models": info, "predictions": [...]}``) by
     the suffix of ``path``."""
-    from .knn import jsonable
+    from .utils import jsonable
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

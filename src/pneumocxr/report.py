@@ -43,6 +43,7 @@ import pandas as pd
 from . import __version__
 from .checkpoint import file_sha256
 from .metrics import bootstrap_cis, reweight_to_prevalence
+from .utils import jsonable
 
 log = logging.getLogger(__name__)
 
@@ -795,18 +796,6 @@ def render_model_card(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def write_report(inputs: Mapping[str, str], outputs: Mapping[str, str], *, seed: int = 0,
                  n_boot: int | None = None) -> dict[str, Any]:
     """The ``summary`` stage: ``outputs`` keys ``summary`` (JSON), ``markdown`` (summary.md),
@@ -815,7 +804,7 @@ def write_report(inputs: Mapping[str, str], outputs: Mapping[str, str], *, seed:
     unknown = set(outputs) - known
     if unknown:
         raise ValueError(f"unknown summary outputs {sorted(unknown)}; known: {sorted(known)}")
-    summary = _jsonable(build_summary(inputs, seed=seed, n_boot=n_boot))
+    summary = jsonable(build_summary(inputs, seed=seed, n_boot=n_boot))
     texts = {"summary": json.dumps(summary, indent=2) + "\n",
              "markdown": render_summary_md(summary),
              "model_card": render_model_card(summary)}
