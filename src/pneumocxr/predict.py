@@ -285,7 +285,7 @@ def _load_anomaly(results: Path, models: Path, prepared: Path | None,
             raise ModelDirError(
                 f"anomaly score {scorer.name!r} is fitted on the normal training images, but "
                 f"its fitted state ({state_path}) was not saved by evaluate_anomaly")
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
         if state.get("score") != score_params:
             raise ModelDirError(f"{state_path}: fitted for score {state.get('score')}, the "
                                 f"metrics say {score_params}; rerun evaluate_anomaly")

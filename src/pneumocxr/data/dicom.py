@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .images import BadImageError, DecodedImage
+from .images import BadImageError, DecodedImage, check_size
 from .preprocess import to_uint8
 
 #: byte offset and value of the DICOM Part 10 magic (after the 128-byte preamble)
@@ -145,12 +145,7 @@ def decode_dicom(data: bytes, *, min_side: int = 64, max_pixels: int = 100_000_0
     if frames != 1:
         raise BadImageError("unsupported_format", f"multi-frame DICOM ({frames} frames); "
                             "export the frame to classify as a single-frame file")
-    if rows * cols > max_pixels:
-        raise BadImageError("decompression_bomb", f"{cols}x{rows} = {rows * cols} pixels "
-                            f"exceeds data.max_pixels ({max_pixels})")
-    if min(rows, cols) < min_side:
-        raise BadImageError("too_small", f"{cols}x{rows}: shorter side {min(rows, cols)} px is "
-                            f"under data.min_side ({min_side} px)")
+    check_size(cols, rows, min_side=min_side, max_pixels=max_pixels)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         arr = ds.pixel_array

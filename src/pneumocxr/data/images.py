@@ -129,6 +129,19 @@ def read_image(path: str | Path, *, min_side: int = 64,
     return decode_image(data, min_side=min_side, max_pixels=max_pixels)
 
 
+def check_size(width: int, height: int, *, min_side: int, max_pixels: int) -> None:
+    """The size checks of every decoder, before the pixels are decoded: ``width * height <=
+    max_pixels`` (decompression bombs) and ``min(width, height) >= min_side``."""
+    if width * height > max_pixels:
+        raise BadImageError(
+            "decompression_bomb",
+            f"{width}x{height} = {width * height} pixels exceeds data.max_pixels ({max_pixels})")
+    if min(width, height) < min_side:
+        raise BadImageError(
+            "too_small", f"{width}x{height}: shorter side {min(width, height)} px is under "
+            f"data.min_side ({min_side} px)")
+
+
 def decode_image(data: bytes, *, min_side: int = 64,
                  max_pixels: int = 100_000_000) -> DecodedImage:
     """Decode JPEG/PNG (or DICOM) bytes to a uint8 grayscale image.
@@ -160,15 +173,7 @@ def decode_image(data: bytes, *, min_side: int = 64,
         if im.format not in ACCEPTED_FORMATS:
             raise BadImageError("unsupported_format", f"{im.format} image; expected JPEG or PNG")
         width, height = im.size
-        if width * height > max_pixels:
-            raise BadImageError(
-                "decompression_bomb",
-                f"{width}x{height} = {width * height} pixels exceeds data.max_pixels "
-                f"({max_pixels})")
-        if min(width, height) < min_side:
-            raise BadImageError(
-                "too_small", f"{width}x{height}: shorter side {min(width, height)} px is under "
-                f"data.min_side ({min_side} px)")
+        check_size(width, height, min_side=min_side, max_pixels=max_pixels)
         source_mode = im.mode
         if im.format in ("JPEG", "MPO") and im.mode == "RGB":
             # libjpeg outputs the luma channel directly: no chroma upsampling or colour
