@@ -49,7 +49,6 @@ def _import(name: str):
             f"`pip install {ONNX_PINS}` (or use the default PyTorch backend)") from None
 
 
-
 class _Exported(nn.Module):
     """normalised images -> (embedding, logits) of a registry classifier."""
 

@@ -171,7 +171,6 @@ def _read_csv(path: str | Path, columns: Sequence[str], what: str) -> pd.DataFra
     return df
 
 
-
 def split_inputs(inputs: Mapping[str, str]) -> tuple[dict[tuple[str, str], dict[str, str]],
                                                      dict[str, str]]:
     """``{"classify_binary_resnet18": p, "data": q}`` -> ``({("binary", "resnet18"):

@@ -284,7 +284,6 @@ def _fingerprint(*datasets: ArrayDataset) -> str:
     return h.hexdigest()[:16]
 
 
-
 def library_versions() -> dict[str, str]:
     return {"pneumocxr": __version__, "python": platform.python_version(),
             "torch": torch.__version__, "torchvision": torchvision.__version__,
@@ -521,7 +520,6 @@ def run_training(
                data_source=source, resume_root=resume_root,
                progress=progress or bool(p["progress"]),
                preprocess=preprocess_meta(processed_dir, "plain"))
-
 
 
 def task_arch_from_path(path: str | Path) -> tuple[str, str]:
