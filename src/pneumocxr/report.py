@@ -645,7 +645,7 @@ def render_summary_md(summary: Mapping[str, Any]) -> str:
     lines += ["Sources: " + ", ".join(f"`{p}`" for r in summary["classifiers"].values()
                                       for p in r["sources"].values())
               + (", " + ", ".join(f"`{p}`" for p in a["sources"].values()) if a else "")
-              + f", `results/data/summary.json`. Model card: `results/MODEL_CARD.md`.", ""]
+              + ", `results/data/summary.json`. Model card: `results/MODEL_CARD.md`.", ""]
     return "\n".join(lines)
 
 

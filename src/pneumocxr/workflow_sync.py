@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from .config import flatten, read_yaml
+from .config import flatten
 
 DEMO_ROOT = "data/demo/chest_xray"
 ENV_FILE = Path("workflow/envs/pneumocxr.yaml")
