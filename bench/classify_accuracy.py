@@ -93,10 +93,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    tasks = [t for t in ("binary", "3class") if t in args.tasks]  # binary first: 3class starts from it
     set_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pneumocxr_acc_"))
     os.environ.setdefault("PNEUMOCXR_RESUME_DIR", str(work / "resume"))
     processed = work / "processed"
+    binary_ckpt = work / "models" / "binary" / args.arch / "best.pt"
+    if (tasks == ["3class"] and args.init_3class == "binary"
+            and not binary_ckpt.is_file()):
+        ap.error(f"--tasks 3class --init-3class binary fine-tunes {binary_ckpt}, which does not "
+                 "exist: add the binary task, point --workdir at a run that has it, or pass "
+                 "--init-3class none")
     seconds: dict[str, float | None] = {}
 
     t0 = time.perf_counter()
@@ -112,10 +119,10 @@ def main(argv: list[str] | None = None) -> dict:
     train_params = {"archs": [args.arch], "precision": "auto", "epochs": args.epochs,
                     "3class": {"epochs": args.epochs_3class, "lr": args.lr_3class}}
     results = {}
-    init = None
-    for task in args.tasks:
+    for task in tasks:
         out = work / "models" / task / args.arch
         res = work / "results" / task / args.arch
+        init = binary_ckpt if task == "3class" and args.init_3class == "binary" else None
         t0 = time.perf_counter()
         run_training(processed, out / "best.pt", res / "history.csv", task=task, arch=args.arch,
                      train_params=train_params, seed=args.seed, device="cpu", init=init,
@@ -132,7 +139,6 @@ def main(argv: list[str] | None = None) -> dict:
                                  params={"n_boot": args.n_boot}, seed=args.seed)
         seconds[f"evaluate_{task}"] = time.perf_counter() - t0
         results[task] = _headline(metrics)
-        init = out / "best.pt" if args.init_3class == "binary" else None
 
     summary = {
         "what": "dev-test metrics (value, 95% CI low, high; patient bootstrap) of the recipe",
