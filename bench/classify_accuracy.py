@@ -5,7 +5,7 @@ Runs the library end to end, outside Snakemake/DVC: ``prepare`` (Kermany folder 
 and ``evaluate`` both on the held-out dev test split (patients never in train). Writes a JSON
 summary (numbers with 95% patient-bootstrap CIs, seconds per step, command, commit, machine).
 
-    python bench/classify_accuracy.py --crop 128 --resize 146 --epochs 15 --epochs-3class 10 \
+    python bench/classify_accuracy.py --crop 128 --resize 146 --epochs 15 --epochs-three_class 10 \
         --workdir /tmp/pneumocxr_acc --out bench/results/classify_accuracy_128px.json
 
 Everything it writes besides ``--out`` goes to ``--workdir`` (default: a temporary folder).
@@ -78,13 +78,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--crop", type=int, default=128)
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--epochs", type=int, default=15, help="binary epochs")
-    ap.add_argument("--epochs-3class", type=int, default=10, help="3-class fine-tune epochs")
-    ap.add_argument("--lr-3class", type=float, default=1e-3)
-    ap.add_argument("--init-3class", choices=["binary", "none"], default="binary",
+    ap.add_argument("--epochs-three_class", type=int, default=10, help="3-class fine-tune epochs")
+    ap.add_argument("--lr-three_class", type=float, default=1e-3)
+    ap.add_argument("--init-three_class", choices=["binary", "none"], default="binary",
                     help="the 3-class model starts from the binary checkpoint (the study's "
                          "way) or from scratch")
-    ap.add_argument("--tasks", nargs="+", choices=["binary", "3class"],
-                    default=["binary", "3class"])
+    ap.add_argument("--tasks", nargs="+", choices=["binary", "three_class"],
+                    default=["binary", "three_class"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--n-boot", type=int, default=1000)
@@ -93,17 +93,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    tasks = [t for t in ("binary", "3class") if t in args.tasks]  # binary first: 3class starts from it
+    tasks = [t for t in ("binary", "three_class") if t in args.tasks]  # binary first: three_class starts from it
     set_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="pneumocxr_acc_"))
     os.environ.setdefault("PNEUMOCXR_RESUME_DIR", str(work / "resume"))
     processed = work / "processed"
     binary_ckpt = work / "models" / "binary" / args.arch / "best.pt"
-    if (tasks == ["3class"] and args.init_3class == "binary"
+    if (tasks == ["three_class"] and args.init_three_class == "binary"
             and not binary_ckpt.is_file()):
-        ap.error(f"--tasks 3class --init-3class binary fine-tunes {binary_ckpt}, which does not "
+        ap.error(f"--tasks three_class --init-three_class binary fine-tunes {binary_ckpt}, which does not "
                  "exist: add the binary task, point --workdir at a run that has it, or pass "
-                 "--init-3class none")
+                 "--init-three_class none")
     seconds: dict[str, float | None] = {}
 
     t0 = time.perf_counter()
@@ -117,12 +117,12 @@ def main(argv: list[str] | None = None) -> dict:
         seconds["prepare"] = time.perf_counter() - t0
 
     train_params = {"archs": [args.arch], "precision": "auto", "epochs": args.epochs,
-                    "3class": {"epochs": args.epochs_3class, "lr": args.lr_3class}}
+                    "three_class": {"epochs": args.epochs_three_class, "lr": args.lr_three_class}}
     results = {}
     for task in tasks:
         out = work / "models" / task / args.arch
         res = work / "results" / task / args.arch
-        init = binary_ckpt if task == "3class" and args.init_3class == "binary" else None
+        init = binary_ckpt if task == "three_class" and args.init_three_class == "binary" else None
         t0 = time.perf_counter()
         run_training(processed, out / "best.pt", res / "history.csv", task=task, arch=args.arch,
                      train_params=train_params, seed=args.seed, device="cpu", init=init,
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         outputs = {"metrics": res / "metrics.json", "predictions": res / "predictions.csv",
                    "confusion": res / "confusion.png", "roc": res / "roc.png",
                    "reliability": res / "reliability.png", "curves": res / "curves.png"}
-        if task == "3class":
+        if task == "three_class":
             outputs["folded"] = res / "confusion_folded.png"
         metrics = run_evaluation(out / "best.pt", processed, outputs, task=task, arch=args.arch,
                                  history_path=res / "history.csv",
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
         "data": {"root": args.root, "resize": args.resize, "crop": args.crop,
                  "info": json.loads((processed / "info.json").read_text())["counts"]},
         "params": {"binary": task_params(train_params, "binary"),
-                   "3class": task_params(train_params, "3class")},
+                   "three_class": task_params(train_params, "three_class")},
         "seconds": {k: None if v is None else round(v, 1) for k, v in seconds.items()},
         "seconds_total_train_evaluate": round(sum(v for k, v in seconds.items()
                                                   if k != "prepare"), 1),

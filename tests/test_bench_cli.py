@@ -17,13 +17,13 @@ def _load(name: str):
     return module
 
 
-def test_classify_accuracy_3class_only_needs_the_binary_checkpoint(tmp_path, capsys):
+def test_classify_accuracy_three_class_only_needs_the_binary_checkpoint(tmp_path, capsys):
     bench = _load("classify_accuracy")
     with pytest.raises(SystemExit) as exc:
-        bench.main(["--tasks", "3class", "--root", str(tmp_path / "no_data"),
+        bench.main(["--tasks", "three_class", "--root", str(tmp_path / "no_data"),
                     "--workdir", str(tmp_path / "work"),
                     "--out", str(tmp_path / "out.json")])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "models/binary/resnet18/best.pt" in err and "--init-3class none" in err
+    assert "models/binary/resnet18/best.pt" in err and "--init-three_class none" in err
     assert not (tmp_path / "out.json").exists()

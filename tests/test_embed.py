@@ -191,12 +191,12 @@ def test_run_embed_reads_the_checkpoint_and_matches_the_classifiers_own_predicti
     from pneumocxr.evaluate import predict_logits
 
     processed = _write_processed(tmp_path / "processed", size=40)  # resized to 32 like training
-    model, meta = _checkpoint(tmp_path / "models" / "3class" / "resnet18" / "best.pt", "3class")
+    model, meta = _checkpoint(tmp_path / "models" / "three_class" / "resnet18" / "best.pt", "three_class")
     out = tmp_path / "results" / "embeddings.npz"
-    embed.run_embed(tmp_path / "models" / "3class" / "resnet18" / "best.pt", processed, out,
+    embed.run_embed(tmp_path / "models" / "three_class" / "resnet18" / "best.pt", processed, out,
                     batch_size=4, device="cpu", progress=False, channels_last=False)
     emb = embed.load_embeddings(out)
-    assert (emb.task, emb.arch, emb.dim) == ("3class", "resnet18", model.num_features)
+    assert (emb.task, emb.arch, emb.dim) == ("three_class", "resnet18", model.num_features)
     assert emb.info["input_size"] == 32 and emb.data_source == "demo"
     test_images = np.load(processed / "plain" / "test.npy")
     expected = predict_logits(model, test_images, normalization=meta["normalization"],
@@ -224,11 +224,11 @@ def test_embed_splits_round_trip_keeps_ids_labels_subtypes_and_patients(tmp_path
     processed = _write_processed(tmp_path / "processed")
     torch.manual_seed(0)
     model = TinyNet(num_classes=3)
-    emb = embed.embed_splits(model, processed, task="3class", arch="tiny", normalization=NORM,
+    emb = embed.embed_splits(model, processed, task="three_class", arch="tiny", normalization=NORM,
                              batch_size=4, progress=False)
     path = embed.save_embeddings(emb, tmp_path / "out" / "embeddings.npz")
     loaded = embed.load_embeddings(path)
-    assert (loaded.task, loaded.arch, loaded.data_source) == ("3class", "tiny", "demo")
+    assert (loaded.task, loaded.arch, loaded.data_source) == ("three_class", "tiny", "demo")
     assert loaded.class_names == ["normal", "bacteria", "virus"]
     assert loaded.info["normalization"] == NORM and loaded.dim == 6
     assert list(loaded.splits) == ["train", "val", "test"]
@@ -252,18 +252,18 @@ def test_embed_splits_binary_task_uses_normal_vs_pneumonia_labels(tmp_path):
 
 def test_embed_splits_reject_a_model_whose_head_does_not_fit_the_task(tmp_path):
     processed = _write_processed(tmp_path / "processed")
-    with pytest.raises(ValueError, match="2 outputs but task '3class' has 3 classes"):
-        embed.embed_splits(TinyNet(num_classes=2), processed, task="3class", arch="tiny",
+    with pytest.raises(ValueError, match="2 outputs but task 'three_class' has 3 classes"):
+        embed.embed_splits(TinyNet(num_classes=2), processed, task="three_class", arch="tiny",
                            normalization=NORM, splits=["val"], progress=False)
 
 
-def test_embed_splits_refuse_the_3class_task_on_data_without_subtypes(tmp_path):
+def test_embed_splits_refuse_the_three_class_task_on_data_without_subtypes(tmp_path):
     processed = _write_processed(tmp_path / "processed")
     meta = pd.read_csv(processed / "metadata.csv")
     meta["subtype"] = "unknown"
     meta.to_csv(processed / "metadata.csv", index=False)
     with pytest.raises(ValueError, match="no bacteria/virus subtypes"):
-        embed.embed_splits(TinyNet(num_classes=3), processed, task="3class", arch="tiny",
+        embed.embed_splits(TinyNet(num_classes=3), processed, task="three_class", arch="tiny",
                            normalization=NORM, splits=["val"], progress=False)
 
 
@@ -323,7 +323,7 @@ def _synthetic_set(n_train=90, n_val=30, n_test=45, data_source="demo"):
             split, x, logits, y, np.array([f"{split}/{i}.jpeg" for i in range(n)]),
             np.where(y == 0, "NORMAL", "PNEUMONIA"), sub,
             np.array([f"{split}-p{i // 3}" for i in range(n)]))
-    return embed.EmbeddingSet("3class", "tiny", names, data_source, splits)
+    return embed.EmbeddingSet("three_class", "tiny", names, data_source, splits)
 
 
 def test_run_tsne_knn_writes_figures_index_and_metrics_with_data_source(tmp_path):

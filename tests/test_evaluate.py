@@ -145,7 +145,7 @@ def trained(tmp_path_factory):
     processed = write_processed(root / "processed", TINY)
     paths = {}
     init = None
-    for task in ("binary", "3class"):
+    for task in ("binary", "three_class"):
         (train, src), (val, _) = (load_task_split(processed, s, task) for s in ("train", "val"))
         out = root / "models" / task / "resnet18"
         fit(train, val, arch="resnet18", task=task, params=task_params({**FAST, "epochs": 1}, task),
@@ -160,12 +160,12 @@ def _outputs(out: Path, task: str) -> dict[str, Path]:
     names = {"metrics": "metrics.json", "predictions": "predictions.csv",
              "confusion": "confusion.png", "roc": "roc.png", "reliability": "reliability.png",
              "curves": "curves.png"}
-    if task == "3class":
+    if task == "three_class":
         names["folded"] = "confusion_folded.png"
     return {k: out / v for k, v in names.items()}
 
 
-@pytest.mark.parametrize("task", ["binary", "3class"])
+@pytest.mark.parametrize("task", ["binary", "three_class"])
 def test_run_evaluation_writes_metrics_predictions_and_figures(trained, tmp_path, task):
     processed, paths = trained
     outputs = _outputs(tmp_path, task)
@@ -181,7 +181,7 @@ def test_run_evaluation_writes_metrics_predictions_and_figures(trained, tmp_path
     assert test["n_images"] == sum(TINY["test"].values())
     assert set(test["calibration"]) >= {"ece_before", "ece_after"}
     assert test["at_operating"]["threshold"] == metrics["operating_threshold"]["value"]
-    assert ("folded" in test) == (task == "3class")
+    assert ("folded" in test) == (task == "three_class")
     preds = pd.read_csv(outputs["predictions"])
     assert set(preds["split"]) == {"val", "test", "val_official"}
     assert np.allclose(preds.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
@@ -190,9 +190,9 @@ def test_run_evaluation_writes_metrics_predictions_and_figures(trained, tmp_path
 def test_evaluation_refuses_a_checkpoint_of_another_task_or_a_folded_binary_figure(trained, tmp_path):
     processed, paths = trained
     with pytest.raises(ValueError, match="differ from the task"):
-        run_evaluation(paths["3class"] / "best.pt", processed, {"metrics": tmp_path / "m.json"},
+        run_evaluation(paths["three_class"] / "best.pt", processed, {"metrics": tmp_path / "m.json"},
                        task="binary")
-    with pytest.raises(ValueError, match="only exists for task 3class"):
+    with pytest.raises(ValueError, match="only exists for task three_class"):
         run_evaluation(paths["binary"] / "best.pt", processed, {"folded": tmp_path / "f.png"},
                        task="binary")
     with pytest.raises(ValueError, match="unknown keys"):
@@ -203,14 +203,14 @@ def test_evaluation_refuses_a_checkpoint_of_another_task_or_a_folded_binary_figu
 def test_compare_models_labels_bars_with_size_and_weights(trained, tmp_path):
     processed, paths = trained
     files = []
-    for task in ("binary", "3class"):
+    for task in ("binary", "three_class"):
         out = tmp_path / task
         run_evaluation(paths[task] / "best.pt", processed, {"metrics": out / "metrics.json"},
                        task=task, params={"n_boot": 20, "splits": ["val", "test"]})
         files.append(out / "metrics.json")
     table = compare_models(files, tmp_path / "cmp.png", tmp_path / "cmp.csv")
     assert (tmp_path / "cmp.png").stat().st_size > 0
-    assert set(table["task"]) == {"binary", "3class"}
+    assert set(table["task"]) == {"binary", "three_class"}
     assert set(table["model"]) == {"resnet18 (32 px, from scratch)", "resnet18 (32 px, from binary)"}
     assert pd.read_csv(tmp_path / "cmp.csv").shape[0] == 8
     with pytest.raises(FileNotFoundError, match="run the evaluate stage"):
@@ -245,7 +245,7 @@ def test_train_and_evaluate_scripts_run_through_the_dvc_command_line(tmp_path):
     # a 3-class run from another architecture's checkpoint fails with one clear line
     bad = subprocess.run([sys.executable, "workflow/scripts/train.py", "--rule", "train",
                           "--input", f"processed={processed}", f"init={model}", "--output",
-                          f"model={tmp_path / 'models' / '3class' / 'vgg16' / 'best.pt'}",
+                          f"model={tmp_path / 'models' / 'three_class' / 'vgg16' / 'best.pt'}",
                           f"history={tmp_path / 'h3.csv'}", "--params", "train", "seed",
                           "device", *common], cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode == 1

@@ -23,7 +23,7 @@ def _one_thread():
 
 
 def _save_best(model: Classifier, path, class_names=("normal", "pneumonia")):
-    meta = {"arch": model.arch, "task": "binary" if len(class_names) == 2 else "3class",
+    meta = {"arch": model.arch, "task": "binary" if len(class_names) == 2 else "three_class",
             "class_names": list(class_names), "in_chans": model.in_chans, "input_size": 32,
             "normalization": {"mean": [0.449], "std": [0.226]}}
     atomic_save({"model": model.state_dict(), "meta": meta}, path)
@@ -126,7 +126,7 @@ def test_imagenet_weights_in_the_hub_cache_load_without_network_with_summed_stem
     assert model.fc.out_features == 2
 
 
-def test_binary_checkpoint_starts_a_3class_model_with_its_trunk_and_a_new_head(tmp_path):
+def test_binary_checkpoint_starts_a_three_class_model_with_its_trunk_and_a_new_head(tmp_path):
     torch.manual_seed(0)
     binary = create_model("resnet18", 2)
     path = _save_best(binary, tmp_path / "best.pt")

@@ -42,7 +42,7 @@ def _classifier(path: Path, task: str, names, seed: int, **extra) -> None:
 def _write_models(root: Path, *, knn_dim: int = 512) -> Path:
     models = root / "models"
     _classifier(models / "binary/resnet18/best.pt", "binary", CLASS_NAMES_BINARY, 0)
-    _classifier(models / "3class/resnet18/best.pt", "3class", CLASS_NAMES_3, 1)
+    _classifier(models / "three_class/resnet18/best.pt", "three_class", CLASS_NAMES_3, 1)
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(20, knn_dim)).astype(np.float32)
     labels = np.arange(20) % 2
@@ -101,8 +101,8 @@ def test_prediction_matches_the_training_input_path(predictor, tmp_path):
         p = torch.softmax(b.model(x) / 1.5, dim=1)[0, 1].item()
     assert r.p_pneumonia == pytest.approx(p, abs=1e-6)
     assert r.label == ("PNEUMONIA" if p >= 0.5 else "NORMAL") and r.threshold == 0.5
-    assert sum(r.probs_3class.values()) == pytest.approx(1.0)
-    assert r.label_3class == max(r.probs_3class, key=r.probs_3class.get)
+    assert sum(r.probs_three_class.values()) == pytest.approx(1.0)
+    assert r.label_three_class == max(r.probs_three_class, key=r.probs_three_class.get)
     assert len(r.knn_neighbours) == 3 and r.knn_distances == sorted(r.knn_distances)
     assert all(f.startswith("train/") for f in r.knn_neighbours)
     assert np.isfinite(r.anomaly_score) and r.anomaly_flag == (r.anomaly_score >= 0.3)
@@ -138,7 +138,7 @@ def test_dicom_and_png_of_the_same_picture_get_the_same_answer(predictor, tmp_pa
     ref = rows[0]
     for r in rows[1:]:
         assert r.p_pneumonia == pytest.approx(ref.p_pneumonia, abs=1e-6)
-        assert r.probs_3class == pytest.approx(ref.probs_3class, abs=1e-6)
+        assert r.probs_three_class == pytest.approx(ref.probs_three_class, abs=1e-6)
         assert r.anomaly_score == pytest.approx(ref.anomaly_score, abs=1e-6)
         assert r.knn_neighbours == ref.knn_neighbours
     assert rows[3].mode == "DICOM MONOCHROME1 16-bit"
@@ -215,25 +215,25 @@ def test_mismatched_pieces_are_refused(tmp_path):
     with pytest.raises(ModelDirError, match="another autoencoder"):
         load_predictor(root)
     root = _write_models(tmp_path / "r3")
-    shutil.copy(root / "models/3class/resnet18/best.pt", root / "models/binary/resnet18/best.pt")
+    shutil.copy(root / "models/three_class/resnet18/best.pt", root / "models/binary/resnet18/best.pt")
     with pytest.raises(ModelDirError, match="classes"):
         load_predictor(root)
 
 
 def test_optional_pieces_missing_leave_their_columns_empty(tmp_path):
     root = _write_models(tmp_path / "r")
-    shutil.rmtree(root / "models/3class")
+    shutil.rmtree(root / "models/three_class")
     shutil.rmtree(root / "models/autoencoder")
     pred = load_predictor(root)
     assert len(pred.notes) == 2
     r = predict_files(pred, [_png(tmp_path / "a.png", _xray())])[0]
-    assert r.ok and r.probs_3class is None and r.anomaly_score is None
+    assert r.ok and r.probs_three_class is None and r.anomaly_score is None
     assert r.knn_label is not None
 
 
 def test_preprocessing_falls_back_to_info_json_or_stops(tmp_path):
     root = _write_models(tmp_path / "r")
-    for rel in ("models/binary/resnet18/best.pt", "models/3class/resnet18/best.pt",
+    for rel in ("models/binary/resnet18/best.pt", "models/three_class/resnet18/best.pt",
                 "models/autoencoder/best.pt"):
         ckpt = torch.load(root / rel, weights_only=False)
         del ckpt["meta"]["preprocess"]

@@ -75,7 +75,7 @@ def test_prepare_writes_what_load_split_reads(tmp_path):
         assert plain.images.dtype == np.uint8 and plain.images.shape[1:] == (32, 32)
         assert isinstance(plain.images, np.memmap)
         assert len(plain) == info["counts"][split] == summary["counts"][split]["total"] > 0
-        assert plain.has_subtypes and set(plain.y_3class) <= {0, 1, 2}
+        assert plain.has_subtypes and set(plain.y_three_class) <= {0, 1, 2}
         assert list(plain.meta["index"]) == list(range(len(plain)))
         assert not np.array_equal(plain.images, clahe.images)
     # the arrays hold the images of the metadata rows, in order
@@ -265,7 +265,7 @@ def test_medmnist_npz_is_prepared_with_binary_labels_and_one_patient_per_image(t
     assert len(load_split(out, "val_official")) == 12 and len(load_split(out, "test")) == 12
     assert not train.has_subtypes and set(train.meta["subtype"]) == {"unknown"}
     with pytest.raises(ValueError, match="without a bacteria/virus subtype"):
-        train.y_3class
+        train.y_three_class
     assert train.meta["patient"].is_unique and not set(train.patients) & set(val.patients)
     np.testing.assert_array_equal(
         train.y_binary, arrays["train_labels"][train.meta["file"].str.extract(r"\[(\d+)\]")[0]

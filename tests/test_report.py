@@ -37,7 +37,7 @@ def labelled_decisions(recalls: dict[int, tuple[int, int]], n_classes: int):
 
 def classifier_files(root: Path, task: str, source: str) -> dict[str, str]:
     names = ["normal", "pneumonia"] if task == "binary" else ["normal", "bacteria", "virus"]
-    y = np.array([0] * 10 + [1] * 20 + ([2] * 10 if task == "3class" else []))
+    y = np.array([0] * 10 + [1] * 20 + ([2] * 10 if task == "three_class" else []))
     pred = y.copy()
     pred[:2] = 1          # two normals called pneumonia
     pred[10] = 0          # one pneumonia missed
@@ -83,7 +83,7 @@ def classifier_files(root: Path, task: str, source: str) -> dict[str, str]:
     }
 
 
-def make_run(root: Path, source: str = "demo", tasks=("binary", "3class")) -> dict[str, str]:
+def make_run(root: Path, source: str = "demo", tasks=("binary", "three_class")) -> dict[str, str]:
     """Every input of the summary stage, hand-made, in ``root``."""
     counts = {s: {"total": t, "label": {"NORMAL": n, "PNEUMONIA": t - n}, "subtype": {}}
               for s, t, n in (("train", 100, 25), ("val", 20, 5), ("test", 40, 10))}
@@ -176,7 +176,7 @@ def test_reweighting_to_the_study_prevalence_matches_the_hand_computed_binary_nu
 
 def test_three_class_accuracy_is_reweighted_to_the_official_class_mix():
     y, p = labelled_decisions({0: (9, 10), 1: (6, 10), 2: (2, 10)}, 3)
-    mix = report.class_mix("3class")
+    mix = report.class_mix("three_class")
     assert sum(mix.values()) == pytest.approx(1.0)
     assert mix["normal"] == pytest.approx(234 / 624)
     out = report.reweighted_metrics(y, p, None, list(mix.values()), n_boot=50, seed=0)
@@ -257,7 +257,7 @@ def test_training_data_hash_follows_train_images_not_test_images(tmp_path):
     assert report.manifest_section(root)["training_data_sha256"] != before
 
 
-def test_medmnist_like_run_without_3class_says_it_was_not_run(tmp_path):
+def test_medmnist_like_run_without_three_class_says_it_was_not_run(tmp_path):
     summary = report.build_summary(make_run(tmp_path, source="kermany", tasks=("binary",)),
                                    n_boot=20)
     md = report.render_summary_md(summary)
@@ -279,8 +279,8 @@ def test_missing_or_broken_inputs_are_clear_errors(demo_inputs, tmp_path):
     with pytest.raises(ValueError, match="stale.json: no 'auroc'"):
         report.build_summary(dict(demo_inputs, classify_binary_resnet18=stale))
     short = dict(demo_inputs)
-    del short["predictions_3class_resnet18"]
-    with pytest.raises(ValueError, match="predictions_3class_resnet18 is missing"):
+    del short["predictions_three_class_resnet18"]
+    with pytest.raises(ValueError, match="predictions_three_class_resnet18 is missing"):
         report.build_summary(short)
     with pytest.raises(ValueError, match="unknown summary outputs"):
         report.write_report(demo_inputs, {"html": str(tmp_path / "x.html")})

@@ -23,9 +23,9 @@ from fake_slurm.fake_slurm import install as install_fake_slurm
 from pneumocxr.config import load_params
 from test_workflow import BIN, copy_workflow, run, write_overlay
 
-GPU_RULES = {"train_binary", "train_3class", "train_autoencoder", "embed", "explain"}
-TRAIN_RULES = {"train_binary", "train_3class", "train_autoencoder"}
-LIGHT_RULES = {"make_demo", "prepare", "evaluate_binary", "evaluate_3class", "evaluate_anomaly",
+GPU_RULES = {"train_binary", "train_three_class", "train_autoencoder", "embed", "explain"}
+TRAIN_RULES = {"train_binary", "train_three_class", "train_autoencoder"}
+LIGHT_RULES = {"make_demo", "prepare", "evaluate_binary", "evaluate_three_class", "evaluate_anomaly",
                "tsne_knn", "compare_models"}
 # Smaller than config/demo.yaml: the SLURM run builds only make_demo and prepare.
 TINY = {"demo": {"n_train": 40, "n_test": 10, "n_val": 4, "size": 64},
@@ -101,7 +101,7 @@ def test_gpu_overlay_is_the_studys_setting(repo_root):
     study = load_params(repo_root / "params.yaml",
                         [repo_root / "config/gpu.yaml", repo_root / "config/study.yaml"])
     assert p["train"]["epochs"] == study["train"]["epochs"]
-    assert p["train"]["3class"] == study["train"]["3class"]
+    assert p["train"]["three_class"] == study["train"]["three_class"]
 
 
 def slurm_env(tmp_path: Path) -> dict[str, str]:

@@ -147,16 +147,16 @@ def test_best_pt_holds_weights_and_metadata_but_no_optimizer_state(processed, tm
     assert (hist["images_per_s"] > 0).all()
 
 
-def test_3class_model_starts_from_the_binary_checkpoint_of_the_same_architecture(processed, tmp_path):
+def test_three_class_model_starts_from_the_binary_checkpoint_of_the_same_architecture(processed, tmp_path):
     _fit(processed, tmp_path / "binary", params={"epochs": 1})
     init = tmp_path / "binary" / "best.pt"
-    _fit(processed, tmp_path / "3class", task="3class", params={"epochs": 1}, init=init)
-    meta = load_checkpoint(tmp_path / "3class" / "best.pt")["meta"]
+    _fit(processed, tmp_path / "three_class", task="three_class", params={"epochs": 1}, init=init)
+    meta = load_checkpoint(tmp_path / "three_class" / "best.pt")["meta"]
     assert meta["class_names"] == ["normal", "bacteria", "virus"]
     assert meta["init"] == str(init) and len(meta["init_sha256"]) == 64
-    train, val = _datasets(processed, "3class")
+    train, val = _datasets(processed, "three_class")
     with pytest.raises(ValueError, match="'resnet18' cannot initialise 'vgg16'"):
-        fit(train, val, arch="vgg16", task="3class", params=FAST, init=init,
+        fit(train, val, arch="vgg16", task="three_class", params=FAST, init=init,
             model_path=tmp_path / "x.pt", history_path=tmp_path / "x.csv",
             resume_root=tmp_path / "r")
 
@@ -177,9 +177,9 @@ def test_train_params_out_of_range_are_clear_errors(override, message):
 
 
 def test_task_overrides_apply_to_their_task_only():
-    params = {"epochs": 5, "3class": {"epochs": 2, "lr": 1e-4}}
+    params = {"epochs": 5, "three_class": {"epochs": 2, "lr": 1e-4}}
     assert task_params(params, "binary")["epochs"] == 5
-    p3 = task_params(params, "3class")
+    p3 = task_params(params, "three_class")
     assert p3["epochs"] == 2 and p3["lr"] == 1e-4
     assert check_params(p3) == p3
 
@@ -200,13 +200,13 @@ def test_validation_split_without_every_class_is_rejected(tmp_path):
             model_path=tmp_path / "m.pt", history_path=tmp_path / "h.csv")
 
 
-def test_medmnist_source_without_subtypes_cannot_feed_the_3class_task(tmp_path):
+def test_medmnist_source_without_subtypes_cannot_feed_the_three_class_task(tmp_path):
     root = write_processed(tmp_path, {"train": {"normal": 4, "bacteria": 4}},
                            data_source="medmnist", subtypes=False)
     train, source = load_task_split(root, "train", "binary")
     assert source == "medmnist" and train.class_counts() == [4, 4]
     with pytest.raises(ValueError, match="data_source=medmnist.*no bacteria/virus subtypes"):
-        load_task_split(root, "train", "3class")
+        load_task_split(root, "train", "three_class")
 
 
 def test_missing_split_names_the_file_and_the_fix(tmp_path):
@@ -218,7 +218,7 @@ def test_missing_split_names_the_file_and_the_fix(tmp_path):
 
 
 def test_task_and_arch_come_from_the_model_path():
-    assert task_arch_from_path("models/3class/vgg16/best.pt") == ("3class", "vgg16")
+    assert task_arch_from_path("models/three_class/vgg16/best.pt") == ("three_class", "vgg16")
     with pytest.raises(ValueError, match="unknown architecture"):
         task_arch_from_path("models/binary/resnet50/best.pt")
 

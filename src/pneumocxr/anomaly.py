@@ -61,29 +61,17 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import InputError
 from . import __version__
 from .checkpoint import (ResumeCache, atomic_save, load_checkpoint, params_key, rng_state,
-                         set_rng_state)
-from .config import deep_merge
+                         save_checkpoint, set_rng_state)
 from .data.arrays import SplitData, load_split, preprocess_meta
 from .metrics import binary_rates, bootstrap_cis, eer_threshold, reweight_to_prevalence
-from .utils import resolve_device, set_determinism
+from .settings import (AnomalyEvaluateSettings, AutoencoderSettings,
+                       AutoencoderTrainSettings, ScoreSettings)
+from .utils import resolve_device, set_determinism, write_json
 
 log = logging.getLogger(__name__)
-
-#: Defaults of the ``anomaly`` params section (``model`` and ``train`` feed the training stage,
-#: ``score`` and ``evaluate`` the evaluation stage).
-DEFAULT_PARAMS: dict[str, Any] = {
-    "model": {"input_size": 128, "channels": [16, 32, 64, 128], "latent_dim": 128,
-              "variational": False},
-    "train": {"variant": "clahe", "epochs": 30, "batch_size": 32, "lr": 1e-3,
-              "weight_decay": 0.0, "kl_weight": 1.0, "progress": False},
-    "score": {"method": "ssim", "aggregation": "topk", "fraction": 0.02, "level": -1, "k": 5,
-              "levels": [0]},
-    "evaluate": {"eer_tolerance": 5e-3, "n_boot": 1000, "prevalence": 0.625,
-                 "n_examples": 4, "batch_size": 64, "progress": False},
-}
-
 
 class ConvAutoencoder(nn.Module):
     """Convolutional autoencoder (optionally variational) for 1-channel square images.
@@ -106,10 +94,10 @@ class ConvAutoencoder(nn.Module):
         super().__init__()
         channels = [int(c) for c in channels]
         if not channels:
-            raise ValueError("anomaly.channels must list at least one encoder block")
+            raise InputError("anomaly.channels must list at least one encoder block")
         depth = len(channels)
         if input_size % (2 ** depth):
-            raise ValueError(
+            raise InputError(
                 f"anomaly.input_size={input_size} is not divisible by 2**depth={2 ** depth} "
                 f"(depth = len(anomaly.channels) = {depth}); pick a multiple of {2 ** depth}"
             )
@@ -180,11 +168,11 @@ def to_tensor(images: np.ndarray, input_size: int) -> torch.Tensor:
     """uint8 (N, H, W) -> float (N, 1, input_size, input_size) in [0, 1] (area-resized)."""
     images = np.asarray(images)
     if images.ndim != 3:
-        raise ValueError(f"expected grayscale images of shape (N, H, W), got {images.shape}")
+        raise InputError(f"expected grayscale images of shape (N, H, W), got {images.shape}")
     x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0).unsqueeze(1)
     if x.shape[-1] != input_size or x.shape[-2] != input_size:
         if x.shape[-1] != x.shape[-2]:
-            raise ValueError(f"expected square images, got {tuple(x.shape[-2:])}")
+            raise InputError(f"expected square images, got {tuple(x.shape[-2:])}")
         mode = "area" if x.shape[-1] > input_size else "bilinear"
         x = F.interpolate(x, size=(input_size, input_size), mode=mode,
                           **({} if mode == "area" else {"align_corners": False}))
@@ -279,7 +267,7 @@ def fit_autoencoder(
     and leaves ``model`` holding the last epoch's weights.
     """
     if len(train_x) < 2:
-        raise ValueError(f"autoencoder training needs at least 2 normal images, got "
+        raise InputError(f"autoencoder training needs at least 2 normal images, got "
                          f"{len(train_x)}")
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     generator = torch.Generator().manual_seed(seed)
@@ -297,20 +285,21 @@ def fit_autoencoder(
         start = state["epoch"] + 1
         log.info("resuming autoencoder training after epoch %d of %d (%s)", start, epochs,
                  cache.path)
+    seconds = 0.0
     bar = tqdm(range(start, epochs), desc="autoencoder", unit="epoch", disable=not progress,
                initial=start, total=epochs)
     for epoch in bar:
         t0 = time.perf_counter()
         train_loss = train_one_epoch(model, train_x, optimizer, batch_size, generator, kl_weight)
         val_loss = evaluate_loss(model, val_x) if val_x is not None and len(val_x) else train_loss
-        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-               "seconds": time.perf_counter() - t0}
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss}
+        seconds += time.perf_counter() - t0
         history.append(row)
         if val_loss < best["loss"]:
             best = {"state": _cpu_state(model), "epoch": epoch + 1, "loss": val_loss}
         bar.set_postfix(train=f"{train_loss:.5f}", val=f"{val_loss:.5f}")
-        log.info("epoch %d/%d train_mse=%.6f val_mse=%.6f", epoch + 1, epochs, train_loss,
-                 val_loss)
+        log.info("epoch %d/%d train_mse=%.6f val_mse=%.6f (%.1f s)", epoch + 1, epochs,
+                 train_loss, val_loss, time.perf_counter() - t0)
         if cache is not None:
             cache.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "generator": generator.get_state(), "rng": rng_state(),
@@ -318,7 +307,7 @@ def fit_autoencoder(
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, row)
     return {"history": history, "best_state": best["state"], "best_epoch": best["epoch"],
-            "best_loss": best["loss"]}
+            "best_loss": best["loss"], "seconds": seconds}
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,7 +320,7 @@ def _blur_matrix(n: int, window: int, sigma: float) -> torch.Tensor:
     ``window`` taps, with reflect padding folded in (a blur as one matrix product, which is
     several times faster on CPU than a one-channel convolution)."""
     if n <= window // 2:
-        raise ValueError(f"SSIM window {window} is too large for images of side {n}")
+        raise InputError(f"SSIM window {window} is too large for images of side {n}")
     ax = torch.arange(window, dtype=torch.float64) - (window - 1) / 2
     g = torch.exp(-(ax ** 2) / (2 * sigma ** 2))
     g = g / g.sum()
@@ -389,10 +378,10 @@ def aggregate(maps: torch.Tensor, how: str = "mean", fraction: float = 0.01) -> 
         return flat.amax(1)
     if how == "topk":
         if not 0 < fraction <= 1:
-            raise ValueError(f"anomaly aggregation fraction must be in (0, 1], got {fraction}")
+            raise InputError(f"anomaly aggregation fraction must be in (0, 1], got {fraction}")
         k = max(1, int(round(fraction * flat.shape[1])))
         return flat.topk(k, dim=1).values.mean(1)
-    raise ValueError(f"unknown aggregation {how!r}; expected mean, max or topk")
+    raise InputError(f"unknown aggregation {how!r}; expected mean, max or topk")
 
 
 @dataclass
@@ -459,7 +448,7 @@ class GaussianDensity:
 
     def fit(self, feats: torch.Tensor) -> "GaussianDensity":
         if feats.shape[-2] < 2:
-            raise ValueError("a Gaussian density needs at least two normal images to fit")
+            raise InputError("a Gaussian density needs at least two normal images to fit")
         mean, cov, _ = ledoit_wolf(feats.detach().cpu())
         self.mean = mean.float()
         # pseudo-inverse: a feature constant over all normal images (zero variance, nothing to
@@ -529,7 +518,7 @@ class ReconstructionError(AnomalyScore):
 
     def __init__(self, kind: str = "mse", aggregation: str = "mean", fraction: float = 0.01):
         if kind not in ("mse", "ssim", "gradient"):
-            raise ValueError(f"unknown reconstruction error {kind!r}; expected mse, ssim or "
+            raise InputError(f"unknown reconstruction error {kind!r}; expected mse, ssim or "
                              "gradient")
         self.kind, self.aggregation, self.fraction = kind, aggregation, fraction
         self.name = kind
@@ -587,7 +576,7 @@ class FeatureError(AnomalyScore):
             sums = per if sums is None else sums + per
             n += len(fwd.x)
         if sums is None or n == 0:
-            raise ValueError("feature_error needs normal images to fit its level scales")
+            raise InputError("feature_error needs normal images to fit its level scales")
         self.scale = (sums / n).cpu()
         return self
 
@@ -621,7 +610,7 @@ class LatentDensity(AnomalyScore):
 
     def __init__(self, kind: str = "mahalanobis", k: int = 5):
         if kind not in ("mahalanobis", "knn"):
-            raise ValueError(f"unknown latent density {kind!r}; expected mahalanobis or knn")
+            raise InputError(f"unknown latent density {kind!r}; expected mahalanobis or knn")
         self.kind, self.k = kind, int(k)
         self.name = f"latent_{kind}"
         self._label = ("Mahalanobis distance of the code to normal codes" if kind == "mahalanobis"
@@ -639,7 +628,7 @@ class LatentDensity(AnomalyScore):
             self.gaussian.fit(codes)
         else:
             if len(codes) < self.k:
-                raise ValueError(f"latent_knn: k={self.k} exceeds the {len(codes)} normal images")
+                raise InputError(f"latent_knn: k={self.k} exceeds the {len(codes)} normal images")
             self.bank = codes.float()
         return self
 
@@ -730,7 +719,7 @@ class PatchDensity(AnomalyScore):
         f = fwd.feats[self.level]
         n, _, h, w = f.shape
         if (h, w) != self.shape:
-            raise ValueError(f"patch_mahalanobis was fitted on {self.shape} feature maps, got "
+            raise InputError(f"patch_mahalanobis was fitted on {self.shape} feature maps, got "
                              f"{(h, w)}; score images of the training input size")
         d = self.gaussian.distance(f.flatten(2).permute(2, 0, 1))       # (P, N)
         return d.t().reshape(n, 1, h, w)
@@ -768,10 +757,10 @@ def create_score(method: str, **options: Any) -> AnomalyScore:
     """Build a score by name (see :data:`SCORES`); unused options are ignored, so the whole
     ``anomaly.score`` params section can be passed."""
     if method not in SCORES:
-        raise ValueError(f"unknown anomaly score {method!r}; anomaly.score.method must be one "
+        raise InputError(f"unknown anomaly score {method!r}; anomaly.score.method must be one "
                          f"of {sorted(SCORES)}")
     if options.get("aggregation", "mean") not in ("mean", "max", "topk"):
-        raise ValueError(f"anomaly.score.aggregation must be mean, max or topk, got "
+        raise InputError(f"anomaly.score.aggregation must be mean, max or topk, got "
                          f"{options['aggregation']!r}")
     return SCORES[method](**options)
 
@@ -790,7 +779,7 @@ def fit_score(scorer: AnomalyScore, model: ConvAutoencoder, normal_x: torch.Tens
     if not scorer.needs_fit:
         return scorer
     if len(normal_x) < 2:
-        raise ValueError(f"score {scorer.name} needs at least 2 normal training images to fit")
+        raise InputError(f"score {scorer.name} needs at least 2 normal training images to fit")
     # streamed: each score keeps only what it needs of a batch (codes, statistics, one level)
     return scorer.fit(iterate_forwards(model, normal_x, batch_size, scorer.needs_recon_feats,
                                        progress, desc=f"fit {scorer.name}"))
@@ -820,10 +809,10 @@ def choose_threshold(y_true: np.ndarray, score: np.ndarray, tolerance: float = 5
     y_true = np.asarray(y_true).astype(int)
     score = np.asarray(score, dtype=float)
     if len(np.unique(y_true)) < 2:
-        raise ValueError("the EER threshold needs normal and pneumonia images in the validation "
+        raise InputError("the EER threshold needs normal and pneumonia images in the validation "
                          "split; raise data.val_fraction")
     if not np.all(np.isfinite(score)):
-        raise ValueError("anomaly scores contain NaN or infinity; check the model checkpoint")
+        raise InputError("anomaly scores contain NaN or infinity; check the model checkpoint")
     t = eer_threshold(y_true, score)
     return {"value": t["threshold"], "rule": "eer", "val_fpr": t["fpr"], "val_fnr": t["fnr"],
             "gap": t["gap"], "tolerance": float(tolerance),
@@ -873,89 +862,12 @@ def anomaly_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float,
 # --------------------------------------------------------------------------------------------
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-#: Checks of every ``anomaly`` key: (test, what a valid value is).
-_CHECKS: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
-    "model": {
-        "input_size": (lambda v: _is_int(v) and 8 <= v <= 1024, "an integer in [8, 1024]"),
-        "channels": (lambda v: isinstance(v, list) and 1 <= len(v) <= 7
-                     and all(_is_int(c) and c >= 1 for c in v),
-                     "a list of 1-7 positive integers (one per encoder block)"),
-        "latent_dim": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-        "variational": (lambda v: isinstance(v, bool), "true or false"),
-    },
-    "train": {
-        "variant": (lambda v: v in ("plain", "clahe"), "plain or clahe (a prepare variant)"),
-        "epochs": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-        "batch_size": (lambda v: _is_int(v) and v >= 2, "an integer >= 2 (BatchNorm)"),
-        "lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
-        "weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-        "kl_weight": (lambda v: _is_number(v) and v >= 0, "a number >= 0 (VAE only)"),
-        "progress": (lambda v: isinstance(v, bool), "true or false"),
-    },
-    "score": {
-        "method": (lambda v: v in SCORES, f"one of {sorted(SCORES)}"),
-        "aggregation": (lambda v: v in ("mean", "max", "topk"), "mean, max or topk"),
-        "fraction": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-        "level": (lambda v: _is_int(v), "an integer (encoder block; -1 = deepest)"),
-        "k": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-        "levels": (lambda v: v is None or (isinstance(v, list) and len(v) >= 1
-                                            and all(_is_int(i) for i in v)),
-                   "null (all blocks) or a list of encoder block indices"),
-    },
-    "evaluate": {
-        "eer_tolerance": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-        "n_boot": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-        "prevalence": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
-        "n_examples": (lambda v: _is_int(v) and 1 <= v <= 16, "an integer in [1, 16]"),
-        "batch_size": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-        "progress": (lambda v: isinstance(v, bool), "true or false"),
-    },
-}
-
-
-def check_params(params: Mapping[str, Any] | None) -> dict[str, Any]:
-    """``anomaly`` params merged over :data:`DEFAULT_PARAMS` and checked.
-
-    Every section and key is checked by name and value (params.yaml's schema leaves the
-    ``anomaly`` section to this function), so a typo or an out-of-range value fails at start-up
-    with the key, the value and what is expected. Any subset of the sections may be given.
-    """
-    params = dict(params or {})
-    unknown = sorted(set(params) - set(_CHECKS))
-    if unknown:
-        raise ValueError(f"anomaly: unknown section(s) {unknown}; expected {sorted(_CHECKS)}")
-    for section, value in params.items():
-        if not isinstance(value, Mapping):
-            raise ValueError(f"anomaly.{section} must be a mapping, got {value!r}")
-        bad = sorted(set(value) - set(_CHECKS[section]))
-        if bad:
-            raise ValueError(f"anomaly.{section}: unknown key(s) {bad}; expected "
-                             f"{sorted(_CHECKS[section])}")
-    p = deep_merge(DEFAULT_PARAMS, params)
-    for section, checks in _CHECKS.items():
-        for key, (ok, what) in checks.items():
-            if not ok(p[section][key]):
-                raise ValueError(f"anomaly.{section}.{key} must be {what}, got "
-                                 f"{p[section][key]!r}")
-    m = p["model"]
-    depth = len(m["channels"])
-    if m["input_size"] % 2 ** depth:
-        raise ValueError(f"anomaly.model.input_size={m['input_size']} must be divisible by "
-                         f"2**len(channels)={2 ** depth}; pick a multiple of {2 ** depth} or "
-                         "fewer encoder blocks")
-    for lv in [p["score"]["level"], *(p["score"]["levels"] or [])]:
+def _check_levels(score: ScoreSettings, depth: int) -> None:
+    """The score's encoder blocks must exist in the trained model (``depth`` blocks)."""
+    for lv in [score.level, *(score.levels or [])]:
         if not -depth <= lv < depth:
-            raise ValueError(f"anomaly.score level {lv} does not name one of the {depth} "
-                             f"encoder blocks (use 0..{depth - 1} or -1 for the deepest)")
-    return p
+            raise InputError(f"anomaly.score: encoder block {lv} does not exist; the autoencoder "
+                             f"has {depth} blocks (use 0..{depth - 1}, or -1 for the deepest)")
 
 
 def _fingerprint(*arrays: np.ndarray) -> str:
@@ -986,11 +898,8 @@ def build_model(meta: Mapping[str, Any]) -> ConvAutoencoder:
 
 def load_autoencoder(path: str | Path, device: str = "cpu") -> tuple[ConvAutoencoder, dict]:
     """Load a ``best.pt`` of :func:`run_autoencoder_training` -> (model in eval mode, meta)."""
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, kind="autoencoder")
     meta = ckpt["meta"]
-    if meta.get("kind") != "autoencoder":
-        raise ValueError(f"{path}: not an autoencoder checkpoint (meta kind "
-                         f"{meta.get('kind')!r}); pass models/autoencoder/best.pt")
     model = build_model(meta)
     model.load_state_dict(ckpt["model"])
     return model.to(resolve_device(device)).eval(), meta
@@ -1000,7 +909,7 @@ def write_history(history: Sequence[Mapping[str, float]], best_epoch: int,
                   path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    df = pd.DataFrame(list(history), columns=["epoch", "train_loss", "val_loss", "seconds"])
+    df = pd.DataFrame(list(history), columns=["epoch", "train_loss", "val_loss"])
     df["best"] = df["epoch"] == best_epoch
     df.to_csv(path, index=False, float_format="%.6g")
     return path
@@ -1015,7 +924,7 @@ def run_autoencoder_training(
     seed: int = 0,
     device: str = "auto",
     resume_root: str | Path | None = None,
-    progress: bool | None = None,
+    progress: bool = False,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
 ) -> dict[str, Any]:
     """The ``train_autoencoder`` stage: normal ``train`` images in, ``best.pt`` + history out.
@@ -1025,60 +934,51 @@ def run_autoencoder_training(
     ``val`` images. Resumes from ``ResumeCache("anomaly/autoencoder", key)`` where ``key``
     hashes the params, seed, data, device, thread count and library versions.
     """
-    p = check_params(params)
-    m, t = p["model"], p["train"]
-    progress = t["progress"] if progress is None else progress
-    train = load_split(processed_dir, "train", t["variant"])
-    val = load_split(processed_dir, "val", t["variant"])
+    params = params or {}
+    m = AutoencoderSettings.from_params(params.get("model"))
+    t = AutoencoderTrainSettings.from_params(params.get("train"))
+    train = load_split(processed_dir, "train", t.variant)
+    val = load_split(processed_dir, "val", t.variant)
     normals, val_normals = _normal_images(train), _normal_images(val)
     if len(normals) < 2:
-        raise ValueError(f"{processed_dir}: the train split has {len(normals)} normal images; "
+        raise InputError(f"{processed_dir}: the train split has {len(normals)} normal images; "
                          "the autoencoder learns from normal images only (at least 2 needed)")
     if len(val_normals) == 0:
         log.warning("no normal images in the val split: selecting the epoch on training loss")
     dev = resolve_device(device)
-    key_parts = {"model": m, "train": {k: v for k, v in t.items() if k != "progress"},
-                 "seed": seed, "device": dev.type, "threads": torch.get_num_threads(),
+    key_parts = {"model": m.as_dict(), "train": t.as_dict(), "seed": seed, "device": dev.type, "threads": torch.get_num_threads(),
                  "data": _fingerprint(normals, val_normals), "versions": library_versions()}
     cache = ResumeCache("anomaly/autoencoder", params_key(key_parts), root=resume_root)
     set_determinism(seed)
-    model = ConvAutoencoder(m["input_size"], m["channels"], m["latent_dim"],
-                            variational=m["variational"]).to(dev)
-    x = to_tensor(normals, m["input_size"])
-    xv = to_tensor(val_normals, m["input_size"]) if len(val_normals) else None
+    model = ConvAutoencoder(m.input_size, list(m.channels), m.latent_dim,
+                            variational=m.variational).to(dev)
+    x = to_tensor(normals, m.input_size)
+    xv = to_tensor(val_normals, m.input_size) if len(val_normals) else None
     log.info("autoencoder: %d normal train / %d normal val images (%s), %dx%d px, channels %s, "
-             "latent %d%s, resume cache %s", len(x), len(val_normals), t["variant"],
-             m["input_size"], m["input_size"], m["channels"], m["latent_dim"],
-             " (VAE)" if m["variational"] else "", cache.dir)
-    res = fit_autoencoder(model, x, xv, epochs=t["epochs"], batch_size=t["batch_size"],
-                          lr=t["lr"], weight_decay=t["weight_decay"], kl_weight=t["kl_weight"],
+             "latent %d%s, resume cache %s", len(x), len(val_normals), t.variant,
+             m.input_size, m.input_size, list(m.channels), m.latent_dim,
+             " (VAE)" if m.variational else "", cache.dir)
+    res = fit_autoencoder(model, x, xv, epochs=t.epochs, batch_size=t.batch_size,
+                          lr=t.lr, weight_decay=t.weight_decay, kl_weight=t.kl_weight,
                           seed=seed, cache=cache, progress=progress, on_epoch_end=on_epoch_end)
     meta = {
-        "kind": "autoencoder", "model": model.config(), "variant": t["variant"],
+        "kind": "autoencoder", "model": model.config(), "variant": t.variant,
         "train": key_parts["train"], "seed": seed, "device": dev.type,
         "threads": torch.get_num_threads(), "best_epoch": res["best_epoch"],
         "val_mse": res["best_loss"], "n_train_normal": len(x), "n_val_normal": len(val_normals),
         "data_source": train.data_source, "data_fingerprint": key_parts["data"],
         "image_size": list(train.images.shape[1:]), "versions": library_versions(),
         "normalization_note": "x = uint8 / 255, area-resized to model.input_size",
-        "preprocess": preprocess_meta(processed_dir, t["variant"]),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "preprocess": preprocess_meta(processed_dir, t.variant),
     }
-    atomic_save({"model": res["best_state"], "epoch": res["best_epoch"],
-                 "metric": {"val_mse": res["best_loss"]}, "meta": meta}, model_path)
+    save_checkpoint(model_path, res["best_state"], meta, kind="autoencoder")
     write_history(res["history"], res["best_epoch"], history_path)
     log.info("autoencoder: best epoch %d (val normal MSE %.6f) -> %s", res["best_epoch"],
              res["best_loss"], model_path)
     return {"best_epoch": res["best_epoch"], "val_mse": res["best_loss"],
             "model_path": str(model_path), "history_path": str(history_path),
             "resume_dir": str(cache.dir),
-            "seconds": float(sum(r["seconds"] for r in res["history"]))}
-
-
-def _write_json(obj: Any, path: str | Path) -> Path:
-    from .evaluate import write_json
-
-    return write_json(obj, path)
+            "seconds": res["seconds"]}
 
 
 def pick_examples(y: np.ndarray, n_per_class: int, seed: int) -> np.ndarray:
@@ -1100,7 +1000,7 @@ def run_anomaly_evaluation(
     params: Mapping[str, Any] | None = None,
     seed: int = 0,
     device: str = "auto",
-    progress: bool | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """The ``evaluate_anomaly`` stage: score, threshold on val (EER), test metrics, figures.
 
@@ -1112,31 +1012,32 @@ def run_anomaly_evaluation(
     from .plots import anomaly as plots
     from .plots.common import save
 
-    p = check_params(params)
-    s, e = p["score"], p["evaluate"]
-    progress = e["progress"] if progress is None else progress
+    params = params or {}
+    s = ScoreSettings.from_params(params.get("score"))
+    e = AnomalyEvaluateSettings.from_params(params.get("evaluate"))
     model, meta = load_autoencoder(model_path, device)
+    _check_levels(s, len(meta["model"]["channels"]))
     variant, size = meta["variant"], meta["model"]["input_size"]
     splits = {name: load_split(processed_dir, name, variant) for name in ("train", "val", "test")}
     data_source = splits["test"].data_source
-    scorer = create_score(**s)
+    scorer = create_score(**s.as_dict())
     set_determinism(seed)
-    fit_score(scorer, model, to_tensor(_normal_images(splits["train"]), size), e["batch_size"],
+    fit_score(scorer, model, to_tensor(_normal_images(splits["train"]), size), e.batch_size,
               progress)
     scores, xs = {}, {}
     for name in ("val", "test"):
         xs[name] = to_tensor(splits[name].images, size)
-        scores[name] = compute_scores(scorer, model, xs[name], e["batch_size"], progress)
+        scores[name] = compute_scores(scorer, model, xs[name], e.batch_size, progress)
     y_val, y_test = splits["val"].y_binary, splits["test"].y_binary
-    threshold = choose_threshold(y_val, scores["val"], e["eer_tolerance"])
+    threshold = choose_threshold(y_val, scores["val"], e.eer_tolerance)
     if outputs.get("score_state"):
         # what `pneumocxr predict` needs to score new images the same way: the score's params,
         # its state fitted on the normal training images (empty for reconstruction errors)
         # and the threshold
-        atomic_save({"score": dict(s), "state": scorer.state_dict(), "threshold": threshold},
+        atomic_save({"score": s.as_dict(), "state": scorer.state_dict(), "threshold": threshold},
                     outputs["score_state"])
     test = anomaly_metrics(y_test, scores["test"], threshold["value"], splits["test"].patients,
-                           prevalence=e["prevalence"], n_boot=e["n_boot"], seed=seed)
+                           prevalence=e.prevalence, n_boot=e.n_boot, seed=seed)
     pred_test = scores["test"] >= threshold["value"]
     sub = splits["test"].meta["subtype"].to_numpy()
     by_subtype = {st: {"n": int((sub == st).sum()),
@@ -1144,7 +1045,7 @@ def run_anomaly_evaluation(
                   for st in sorted(set(sub))}
     val_auroc = float(roc_auc_score(y_val, scores["val"]))
     metrics = {
-        "data_source": data_source, "score": {**s, "label": scorer.label}, "variant": variant,
+        "data_source": data_source, "score": {**s.as_dict(), "label": scorer.label}, "variant": variant,
         "model": {**meta["model"], "best_epoch": meta["best_epoch"],
                   "val_mse": meta["val_mse"], "n_train_normal": meta["n_train_normal"]},
         "threshold": threshold,
@@ -1154,7 +1055,7 @@ def run_anomaly_evaluation(
         "note": "score >= threshold flags pneumonia; threshold chosen on val (EER), never on "
                 "test; CIs: 95% percentile bootstrap over patients",
     }
-    _write_json(metrics, outputs["metrics"])
+    write_json(metrics, outputs["metrics"])
     log.info("anomaly (%s): threshold %.4g (val FPR %.3f FNR %.3f, gap %.4f, tolerance %s); "
              "test AUROC %.3f sensitivity %.3f specificity %.3f", scorer.name,
              threshold["value"], threshold["val_fpr"], threshold["val_fnr"], threshold["gap"],
@@ -1174,7 +1075,7 @@ def run_anomaly_evaluation(
         pd.concat(rows).to_csv(path, index=False, float_format="%.6g")
     label = scorer.label
     if outputs.get("reconstructions"):
-        idx = pick_examples(y_test, e["n_examples"], seed)
+        idx = pick_examples(y_test, e.n_examples, seed)
         fw = forward_batch(model, xs["test"][idx], recon_feats=scorer.needs_recon_feats)
         amap = scorer.map(fw)  # None for scores of the whole image (latent densities)
         fig = plots.reconstruction_grid(

@@ -23,6 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import InputError, MissingInputError
+from .utils import jsonable
+
 RESUME_ROOT = Path(os.environ.get("PNEUMOCXR_RESUME_DIR", ".cache/resume"))
 
 
@@ -91,15 +94,48 @@ class ResumeCache:
             self.path.unlink()
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint saved by this package (state dict + metadata) onto the CPU."""
+#: Version of the ``best.pt`` layout. 1: ``{"model", "meta"}`` with the temperature and the
+#: operating threshold in ``meta`` (before the calibrate stage); 2: ``{"format", "kind",
+#: "model", "meta"}``, the operating point in ``calibration.json`` beside it.
+CHECKPOINT_FORMAT = 2
+KINDS = ("classifier", "autoencoder")
+
+
+def save_checkpoint(path: str | Path, state: dict[str, torch.Tensor], meta: dict[str, Any],
+                    *, kind: str) -> Path:
+    """Write a ``best.pt``: weights (a CPU state dict) and metadata, atomically.
+
+    No clock time goes in, so the same weights and metadata give the same bytes.
+    """
+    if kind not in KINDS:
+        raise InputError(f"checkpoint kind must be one of {KINDS}, got {kind!r}")
+    # metadata as canonical JSON: a pickled dict's bytes depend on object identity (shared
+    # or interned strings), so a resumed run could write other bytes for the same content
+    return atomic_save({"format": CHECKPOINT_FORMAT, "kind": kind, "model": state,
+                        "meta": json.dumps(jsonable(meta), sort_keys=True)}, path)
+
+
+def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    """Load a checkpoint saved by :func:`save_checkpoint` onto the CPU.
+
+    A file of another format version, or of another ``kind`` than asked for, is an
+    :class:`~pneumocxr.errors.InputError` that names both.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise MissingInputError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises many types for corrupt files
-        raise ValueError(f"{path}: not a readable checkpoint ({err})") from None
+        raise InputError(f"{path}: not a readable checkpoint ({err})") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
-        raise ValueError(f"{path}: not a pneumocxr checkpoint (expected keys 'model' and 'meta')")
-    return ckpt
+        raise InputError(f"{path}: not a pneumocxr checkpoint (expected keys 'model' and 'meta')")
+    found = ckpt.get("format", 1)
+    if found != CHECKPOINT_FORMAT:
+        raise InputError(
+            f"{path}: checkpoint format {found}, but this pneumocxr reads format "
+            f"{CHECKPOINT_FORMAT} (format 1 kept the operating threshold inside best.pt; it "
+            "now lives in calibration.json): retrain it with this version (rerun the pipeline)")
+    if kind is not None and ckpt.get("kind") != kind:
+        raise InputError(f"{path}: a {ckpt.get('kind')} checkpoint, expected a {kind} one")
+    return {**ckpt, "meta": json.loads(ckpt["meta"])}

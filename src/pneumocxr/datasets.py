@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -22,13 +22,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .errors import InputError
 from . import CLASS_NAMES_3, CLASS_NAMES_BINARY
 from .data.arrays import load_split
+from .settings import AugmentSettings
 
 # Class names per task; index 0 is "normal" in both, so p(pneumonia) = 1 - p(normal).
 TASKS: dict[str, tuple[str, ...]] = {
     "binary": CLASS_NAMES_BINARY,
-    "3class": CLASS_NAMES_3,
+    "three_class": CLASS_NAMES_3,
 }
 
 
@@ -54,14 +56,14 @@ class ArrayDataset(Dataset):
             np.ascontiguousarray(images)
         labels = np.asarray(labels, dtype=np.int64)
         if images.dtype != np.uint8 or images.ndim != 3:
-            raise ValueError(f"{name}: images must be a uint8 array (N, H, W), got "
+            raise InputError(f"{name}: images must be a uint8 array (N, H, W), got "
                              f"{images.dtype} {images.shape}")
         if len(labels) != len(images):
-            raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels")
+            raise InputError(f"{name}: {len(images)} images but {len(labels)} labels")
         if len(images) == 0:
-            raise ValueError(f"{name}: no images")
+            raise InputError(f"{name}: no images")
         if labels.min() < 0 or labels.max() >= len(class_names):
-            raise ValueError(f"{name}: labels must lie in [0, {len(class_names)}), got "
+            raise InputError(f"{name}: labels must lie in [0, {len(class_names)}), got "
                              f"{labels.min()}..{labels.max()}")
         self.images = images
         self.labels = labels
@@ -92,7 +94,7 @@ class ArrayDataset(Dataset):
 def check_task(task: str) -> tuple[str, ...]:
     """Class names of ``task``; ValueError for an unknown task."""
     if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
+        raise InputError(f"unknown task {task!r}; expected one of {sorted(TASKS)}")
     return TASKS[task]
 
 
@@ -105,12 +107,12 @@ def load_task_split(processed_dir: str | Path, split: str, task: str,
     """
     class_names = check_task(task)
     sd = load_split(processed_dir, split, variant)
-    if task == "3class" and not sd.has_subtypes:
-        raise ValueError(
+    if task == "three_class" and not sd.has_subtypes:
+        raise InputError(
             f"{processed_dir}: split {split!r} (data_source={sd.data_source}) has no "
             "bacteria/virus subtypes, so the 3-class task cannot run on it; use data.source: "
             "kermany (subtypes come from the Kermany file names) or train the binary task only")
-    labels = sd.y_binary if task == "binary" else sd.y_3class
+    labels = sd.y_binary if task == "binary" else sd.y_three_class
     ds = ArrayDataset(np.asarray(sd.images), labels, class_names, sd.patients,
                       name=f"{split} ({task})", meta=sd.meta)
     return ds, sd.data_source
@@ -157,10 +159,11 @@ def to_float(batch: torch.Tensor, size: int | None = None) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class Augment:
+class Augment(AugmentSettings):
     """Random augmentation of a float batch (B, C, H, W) in [0, 1], square images.
 
-    Attributes:
+    Its fields are params ``train.augment`` (:class:`~pneumocxr.settings.AugmentSettings`;
+    ``Augment.from_params(mapping)`` fills in the schema's defaults):
         scale: range of the crop's area as a fraction of the image (random resized crop);
             ``(1, 1)`` with ``ratio (1, 1)`` disables cropping.
         ratio: range of the crop's aspect ratio (sampled log-uniformly).
@@ -169,41 +172,6 @@ class Augment:
         brightness: brightness factor drawn from ``[1 - b, 1 + b]`` (multiplies the image).
         contrast: contrast factor drawn from ``[1 - c, 1 + c]`` (scales around the image mean).
     """
-
-    scale: tuple[float, float] = (0.6, 1.0)
-    ratio: tuple[float, float] = (0.8, 1.25)
-    hflip: float = 0.5
-    rotation: float = 10.0
-    brightness: float = 0.2
-    contrast: float = 0.2
-
-    def __post_init__(self) -> None:
-        lo, hi = self.scale
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(f"augment.scale must satisfy 0 < min <= max <= 1, got {self.scale}")
-        lo, hi = self.ratio
-        if not 0.0 < lo <= hi:
-            raise ValueError(f"augment.ratio must satisfy 0 < min <= max, got {self.ratio}")
-        if not 0.0 <= self.hflip <= 1.0:
-            raise ValueError(f"augment.hflip is a probability in [0, 1], got {self.hflip}")
-        if not 0.0 <= self.rotation <= 180.0:
-            raise ValueError(f"augment.rotation must be in [0, 180] degrees, got {self.rotation}")
-        for key in ("brightness", "contrast"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ValueError(f"augment.{key} must be in [0, 1), got {getattr(self, key)}")
-
-    @classmethod
-    def from_params(cls, params: dict) -> "Augment":
-        """Build from the ``train.augment`` params mapping (lists become tuples)."""
-        known = set(cls.__dataclass_fields__)
-        unknown = set(params) - known
-        if unknown:
-            raise ValueError(f"unknown augment params {sorted(unknown)}; known: {sorted(known)}")
-        kw = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in params.items()}
-        return cls(**kw)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
     @property
     def geometric(self) -> bool:

@@ -23,7 +23,7 @@ The ``embed`` stage writes one ``.npz`` per task and architecture (default
 
 for ``<split>`` in ``train``, ``val``, ``test``. Strings are stored as fixed-width unicode
 arrays, so the file loads without pickle. The ``tsne_knn`` stage reads it
-(:func:`run_tsne_knn`).
+(:func:`pneumocxr.tsne_knn.run_tsne_knn`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -41,6 +40,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .errors import InputError, MissingInputError
 from .datasets import TASKS, load_task_split, to_float
 from .models import normalize
 
@@ -49,14 +49,6 @@ log = logging.getLogger(__name__)
 EMBED_SPLITS = ("train", "val", "test")
 _ARRAY_FIELDS = ("embeddings", "logits", "y", "file", "label", "subtype", "patient")
 
-# defaults of params.yaml ``embed.tsne`` / ``embed.knn`` (the schema repeats them)
-TSNE_DEFAULTS: dict[str, Any] = {"perplexity": 30.0, "max_iter": 1000, "max_points": 2000,
-                                 "train_points": 1000, "metric": "euclidean"}
-KNN_DEFAULTS: dict[str, Any] = {"k": [1, 3, 5, 7, 11, 15, 21, 31],
-                                "metrics": ["cosine", "euclidean"], "weights": "uniform",
-                                "select_by": "balanced_accuracy"}
-
-
 # --------------------------------------------------------------------------------------------
 # extraction
 
@@ -64,19 +56,19 @@ KNN_DEFAULTS: dict[str, Any] = {"k": [1, 3, 5, 7, 11, 15, 21, 31],
 def _check_normalization(normalization: Mapping[str, Any], in_chans: int) -> None:
     """``{"mean": m, "std": s}`` with one value or one per input channel, std > 0."""
     if not isinstance(normalization, Mapping) or not {"mean", "std"} <= set(normalization):
-        raise ValueError(
+        raise InputError(
             f"normalization must be a mapping with 'mean' and 'std' (the checkpoint's "
             f"meta['normalization']), got {normalization!r}"
         )
     for name in ("mean", "std"):
         n = torch.as_tensor(normalization[name], dtype=torch.float32).numel()
         if n not in (1, in_chans):
-            raise ValueError(
+            raise InputError(
                 f"normalization {name} has {n} values but the model takes {in_chans} "
                 "input channel(s); give one value or one per channel"
             )
     if torch.any(torch.as_tensor(normalization["std"], dtype=torch.float32) <= 0):
-        raise ValueError(f"normalization std must be positive, got {normalization['std']}")
+        raise InputError(f"normalization std must be positive, got {normalization['std']}")
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -119,21 +111,21 @@ def extract_embeddings(
             weights do not change.
     """
     if not (hasattr(model, "forward_features") and hasattr(model, "forward_head")):
-        raise ValueError(
+        raise InputError(
             f"{type(model).__name__} has no forward_features/forward_head; build the model with "
             "pneumocxr.models.create_model"
         )
     if not isinstance(images, np.ndarray):
         images = np.asarray(images)
     if images.ndim != 3 or images.dtype != np.uint8:
-        raise ValueError(
+        raise InputError(
             f"images must be a uint8 array (N, H, W) as written by prepare, got dtype "
             f"{images.dtype} and shape {images.shape}"
         )
     if len(images) == 0:
-        raise ValueError("no images to embed (the array is empty)")
+        raise InputError("no images to embed (the array is empty)")
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if device is not None:
         model.to(torch.device(device))
     if channels_last:
@@ -160,7 +152,7 @@ def extract_embeddings(
                 features = model.forward_features(x)
                 emb = model.forward_head(features, pre_logits=True)
                 if emb.ndim != 2:
-                    raise ValueError(
+                    raise InputError(
                         f"{type(model).__name__}.forward_head(pre_logits=True) returned shape "
                         f"{tuple(emb.shape)}; an embedding must be (N, D)"
                     )
@@ -196,7 +188,7 @@ class SplitEmbeddings:
         n = len(self.embeddings)
         for name in _ARRAY_FIELDS:
             if len(getattr(self, name)) != n:
-                raise ValueError(
+                raise InputError(
                     f"split {self.split!r}: {name} has {len(getattr(self, name))} rows, "
                     f"embeddings {n}"
                 )
@@ -269,22 +261,22 @@ def load_embeddings(path: str | Path) -> EmbeddingSet:
     """Read an embeddings file written by :func:`save_embeddings`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: embeddings file not found; run the embed stage first")
+        raise MissingInputError(f"{path}: embeddings file not found; run the embed stage first")
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable .npz embeddings file ({err})") from None
+        raise InputError(f"{path}: not a readable .npz embeddings file ({err})") from None
     if not hasattr(data, "files"):
-        raise ValueError(f"{path}: a single array, not an .npz embeddings file; rerun embed")
+        raise InputError(f"{path}: a single array, not an .npz embeddings file; rerun embed")
     with data:
         if "meta" not in data.files:
-            raise ValueError(f"{path}: no 'meta' entry; not written by pneumocxr.embed")
+            raise InputError(f"{path}: no 'meta' entry; not written by pneumocxr.embed")
         meta = json.loads(str(data["meta"]))
         splits = {}
         for split in meta["splits"]:
             missing = [f"{split}.{n}" for n in _ARRAY_FIELDS if f"{split}.{n}" not in data.files]
             if missing:
-                raise ValueError(f"{path}: missing arrays {missing}; rerun the embed stage")
+                raise InputError(f"{path}: missing arrays {missing}; rerun the embed stage")
             arrays = {n: data[f"{split}.{n}"] for n in _ARRAY_FIELDS}
             splits[split] = SplitEmbeddings(split, **arrays)
     info = {k: v for k, v in meta.items()
@@ -314,7 +306,7 @@ def embed_splits(
     info: Mapping[str, Any] | None = None,
 ) -> EmbeddingSet:
     """Embed each split of the prepared ``plain`` arrays with ``model``, labelled for ``task``
-    (``binary``: normal / pneumonia; ``3class``: normal / bacteria / virus); one pass per split.
+    (``binary``: normal / pneumonia; ``three_class``: normal / bacteria / virus); one pass per split.
     """
     out: dict[str, SplitEmbeddings] = {}
     data_source = "unknown"
@@ -327,7 +319,7 @@ def embed_splits(
             in_chans=in_chans, input_size=input_size, device=device, progress=progress,
             return_logits=True, channels_last=channels_last)
         if logits.shape[1] != len(class_names):
-            raise ValueError(
+            raise InputError(
                 f"the model has {logits.shape[1]} outputs but task {task!r} has "
                 f"{len(class_names)} classes {class_names}; use the {task} checkpoint"
             )
@@ -346,11 +338,11 @@ def run_embed(
     processed_dir: str | Path,
     output: str | Path,
     *,
-    batch_size: int = 64,
+    batch_size: int,
+    channels_last: bool,
     splits: Sequence[str] = EMBED_SPLITS,
     device: str = "auto",
-    progress: bool = True,
-    channels_last: bool = True,
+    progress: bool = False,
 ) -> EmbeddingSet:
     """The ``embed`` stage: ``best.pt`` + prepared arrays -> ``embeddings.npz``.
 
@@ -363,12 +355,12 @@ def run_embed(
     model, meta = load_model(checkpoint)
     task = meta.get("task")
     if task not in TASKS:
-        raise ValueError(f"{checkpoint}: checkpoint task {task!r} is not one of {sorted(TASKS)}")
+        raise InputError(f"{checkpoint}: checkpoint task {task!r} is not one of {sorted(TASKS)}")
     if list(meta["class_names"]) != list(TASKS[task]):
-        raise ValueError(f"{checkpoint}: classes {meta['class_names']} differ from task "
+        raise InputError(f"{checkpoint}: classes {meta['class_names']} differ from task "
                          f"{task!r} ({list(TASKS[task])}); retrain the checkpoint")
     if "normalization" not in meta:
-        raise ValueError(f"{checkpoint}: checkpoint metadata lacks 'normalization'; retrain it")
+        raise InputError(f"{checkpoint}: checkpoint metadata lacks 'normalization'; retrain it")
     input_size = meta.get("input_size")
     if input_size is not None:
         check_input_size(meta["arch"], int(input_size))
@@ -380,226 +372,3 @@ def run_embed(
     save_embeddings(emb, output)
     log.info("wrote %s: %r", output, emb)
     return emb
-
-
-# --------------------------------------------------------------------------------------------
-# t-SNE and separability
-
-
-@dataclass
-class TsneMap:
-    """2-D t-SNE coordinates of ``index`` (rows of the embedded split)."""
-
-    coords: np.ndarray
-    index: np.ndarray
-    kl_divergence: float
-    params: dict[str, Any]
-
-
-def subsample(n: int, max_points: int | None, seed: int) -> np.ndarray:
-    """Sorted row indices: all ``n`` rows, or ``max_points`` of them drawn without replacement."""
-    if max_points is None or max_points <= 0 or n <= max_points:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).choice(n, size=max_points, replace=False))
-
-
-def tsne_map(
-    x: np.ndarray,
-    *,
-    perplexity: float = 30.0,
-    max_iter: int = 1000,
-    seed: int = 0,
-    max_points: int | None = None,
-    metric: str = "euclidean",
-    n_threads: int = 1,
-) -> TsneMap:
-    """scikit-learn t-SNE of the rows of ``x`` (optionally a seeded subsample) to 2-D.
-
-    PCA initialisation and ``random_state=seed`` make it deterministic for a seed. It runs on
-    ``n_threads`` OpenMP/BLAS threads, one by default: the Barnes-Hut gradient is summed in a
-    thread-dependent order, so the map changes with the thread count (measured: coordinates
-    differ by up to 14 units between 1 and 2 threads on 524 points), and with more threads than
-    free cores it spins and runs tens of times slower. One thread keeps the map the same
-    whatever the rule's ``threads``, and takes seconds for the 2,000 points of a map.
-    """
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
-
-    x = np.asarray(x, dtype=np.float32)
-    idx = subsample(len(x), max_points, seed)
-    if len(idx) <= perplexity:
-        raise ValueError(
-            f"t-SNE perplexity {perplexity} needs more than that many points, got {len(idx)}; "
-            "lower embed.tsne.perplexity"
-        )
-    params = dict(perplexity=float(perplexity), max_iter=int(max_iter), seed=int(seed),
-                  metric=metric, n_points=int(len(idx)))
-    tsne = TSNE(n_components=2, perplexity=perplexity, max_iter=max_iter, metric=metric,
-                init="pca", learning_rate="auto", random_state=seed)
-    with threadpool_limits(limits=int(n_threads)):
-        coords = tsne.fit_transform(x[idx]).astype(np.float32)
-    return TsneMap(coords, idx, float(tsne.kl_divergence_), params)
-
-
-def separability(
-    x: np.ndarray,
-    groups: np.ndarray,
-    *,
-    metrics: Sequence[str] = ("euclidean", "cosine"),
-    max_points: int | None = None,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Silhouette score of ``x`` grouped by ``groups`` (scikit-learn), one per distance metric.
-
-    From -1 to 1: near 1, tight and well-separated class clusters; near 0, overlapping ones.
-    Undefined (``None``) with fewer than 2 groups.
-    """
-    from sklearn.metrics import silhouette_score
-
-    groups = np.asarray(groups)
-    idx = subsample(len(x), max_points, seed)
-    out: dict[str, Any] = {"n_points": int(len(idx)),
-                           "n_groups": int(len(np.unique(groups[idx])))}
-    for metric in metrics:
-        key = f"silhouette_{metric}"
-        if out["n_groups"] < 2 or out["n_groups"] >= len(idx):
-            out[key] = None
-        else:
-            out[key] = float(silhouette_score(x[idx], groups[idx], metric=metric))
-    return out
-
-
-def separability_report(se: SplitEmbeddings, class_names: Sequence[str], *, seed: int = 0,
-                        max_points: int | None = None) -> dict[str, Any]:
-    """Silhouette scores of one split by the task's classes, and by the two questions the study
-    asks of every model: normal vs pneumonia, and bacteria vs virus among pneumonia images."""
-    kw = dict(seed=seed, max_points=max_points)
-    report = {"by_task_class": separability(se.embeddings, se.y, **kw),
-              "normal_vs_pneumonia": separability(se.embeddings, se.label, **kw)}
-    if se.has_subtypes:
-        pneu = se.label == "PNEUMONIA"
-        report["bacteria_vs_virus"] = separability(se.embeddings[pneu], se.subtype[pneu], **kw)
-    report["classes"] = list(class_names)
-    return report
-
-
-# --------------------------------------------------------------------------------------------
-# the tsne_knn stage
-
-
-def run_tsne_knn(
-    embeddings: str | Path,
-    *,
-    tsne_png: str | Path,
-    confusion_png: str | Path,
-    index_path: str | Path,
-    metrics_path: str | Path,
-    seed: int = 0,
-    tsne: Mapping[str, Any] | None = None,
-    knn: Mapping[str, Any] | None = None,
-    bootstrap: int = 1000,
-) -> dict[str, Any]:
-    """The ``tsne_knn`` stage: t-SNE maps, k-NN selection/fit/evaluation, metrics JSON.
-
-    k and the distance are chosen on ``val`` (``knn.select_by``), the classifier is fitted on
-    ``train`` and evaluated on ``test`` next to the network head's predictions for the same
-    images. Writes the t-SNE figure, the confusion-matrix figure, the k-NN index and the metrics;
-    logs the wall-clock seconds of each step (kept out of the metrics so they stay reproducible).
-    """
-    from . import knn as knnlib
-    from .plots import embed as plots
-
-    tsne = {**TSNE_DEFAULTS, **(tsne or {})}
-    knn = {**KNN_DEFAULTS, **(knn or {})}
-    clock = time.perf_counter()
-
-    def lap(step: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        log.info("%s: %.1f s", step, now - clock)
-        clock = now
-
-    emb = load_embeddings(embeddings)
-    for split in EMBED_SPLITS:
-        if split not in emb.splits:
-            raise ValueError(f"{embeddings}: split {split!r} was not embedded (have "
-                             f"{sorted(emb.splits)}); rerun the embed stage with train, val, test")
-    train, val, test = emb["train"], emb["val"], emb["test"]
-    names = emb.class_names
-
-    selection = knnlib.select_knn(
-        train.embeddings, train.y, val.embeddings, val.y, ks=knn["k"], metrics=knn["metrics"],
-        criterion=knn["select_by"], weights=knn["weights"])
-    log.info("k-NN chosen on val: k=%d metric=%s (%s %.4f)", selection.k, selection.metric,
-             selection.criterion, selection.score)
-    index = knnlib.build_index(
-        train.embeddings, train.y, train.file, class_names=names, k=selection.k,
-        metric=selection.metric, weights=knn["weights"],
-        info={"task": emb.task, "arch": emb.arch, "data_source": emb.data_source,
-              "select_by": selection.criterion, "val_score": selection.score,
-              "embeddings": str(embeddings)})
-    knnlib.save_knn_index(index, index_path)
-    pred = knnlib.knn_predict(index, test.embeddings)
-    lap("knn_select_fit_predict")
-
-    knn_metrics = knnlib.classification_metrics(
-        test.y, pred.pred, names, groups=test.patient, n_boot=bootstrap, seed=seed)
-    head_metrics = knnlib.classification_metrics(
-        test.y, test.head_pred, names, groups=test.patient, n_boot=bootstrap, seed=seed)
-    diff = knnlib.accuracy_difference(test.y, pred.pred, test.head_pred, groups=test.patient,
-                                      n_boot=bootstrap, seed=seed)
-    head_val = knnlib.CRITERIA[selection.criterion](val.y, val.head_pred)
-    sep = separability_report(test, names, seed=seed)
-    lap("metrics_bootstrap_silhouette")
-
-    maps = [("test", tsne_map(test.embeddings, perplexity=tsne["perplexity"],
-                              max_iter=tsne["max_iter"], seed=seed,
-                              max_points=tsne["max_points"], metric=tsne["metric"]), test)]
-    lap("tsne_test")
-    if tsne["train_points"] and tsne["train_points"] > 0:
-        maps.append(("train", tsne_map(train.embeddings, perplexity=tsne["perplexity"],
-                                       max_iter=tsne["max_iter"], seed=seed,
-                                       max_points=tsne["train_points"], metric=tsne["metric"]),
-                     train))
-        lap("tsne_train")
-
-    sil = sep["by_task_class"]["silhouette_euclidean"]
-    fig = plots.plot_tsne(
-        [(m.coords, se.y[m.index], f"{split} ({len(m.index)} images)") for split, m, se in maps],
-        names, f"t-SNE of {emb.arch} embeddings, {emb.task} task", emb.data_source,
-        note=None if sil is None else f"silhouette (test, {emb.dim}-d, euclidean) = {sil:.3f}")
-    plots.save(fig, tsne_png)
-    fig = plots.plot_confusion_grid(
-        {f"k-NN (k={selection.k}, {selection.metric})": knn_metrics["confusion_matrix"],
-         "network head": head_metrics["confusion_matrix"]},
-        names, f"{emb.arch} {emb.task}: k-NN vs network head on test", emb.data_source)
-    plots.save(fig, confusion_png)
-    lap("figures")
-
-    metrics = {
-        "data_source": emb.data_source,
-        "task": emb.task,
-        "arch": emb.arch,
-        "class_names": names,
-        "split": "test",
-        "n_train": len(train), "n_val": len(val), "n_test": len(test),
-        "embedding_dim": emb.dim,
-        "selection": {"split": "val", "criterion": selection.criterion, "k": selection.k,
-                      "metric": selection.metric, "weights": knn["weights"],
-                      "val_score": selection.score, "network_head_val_score": float(head_val),
-                      "candidates": selection.candidates},
-        "knn": knn_metrics,
-        "network_head": head_metrics,
-        "knn_minus_head_accuracy": diff,
-        "agreement": float(np.mean(pred.pred == test.head_pred)),
-        "separability": sep,
-        "tsne": [{"split": split, **m.params, "kl_divergence": m.kl_divergence}
-                 for split, m, _ in maps],
-        "bootstrap": {"n_boot": int(bootstrap), "seed": int(seed), "groups": "patient"},
-    }
-    path = Path(metrics_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(knnlib.jsonable(metrics), indent=2, allow_nan=False) + "\n")
-    log.info("k-NN test accuracy %.4f vs network head %.4f (%s %s)",
-             knn_metrics["accuracy"], head_metrics["accuracy"], emb.task, emb.arch)
-    return metrics

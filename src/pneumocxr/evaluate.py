@@ -17,175 +17,26 @@ are read off one confusion matrix per bootstrap replicate so the CIs stay cheap.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
-from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
-from tqdm.auto import tqdm
+from sklearn.metrics import confusion_matrix, roc_auc_score
 
-from .datasets import ArrayDataset, check_task, iterate_batches, load_task_split, to_float
-from .metrics import binary_rates, bootstrap_cis, youden_threshold
-from .utils import jsonable
+from .calibration import expected_calibration_error, load_calibration, nll, reliability_bins
+from .datasets import check_task, load_task_split
+from .errors import InputError
+from .inference import predict_logits
+from .logits import pneumonia_score, probabilities
+from .metrics import binary_rates, bootstrap_cis
+from .settings import EvaluateSettings
+from .utils import write_json
 
 log = logging.getLogger(__name__)
 
-THRESHOLD_RULES = ("youden", "sensitivity")
-
-
-# ----------------------------------------------------------------------------- inference
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """``bf16`` -> torch.bfloat16, ``fp16`` -> torch.float16 (autocast), ``fp32`` -> None."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        return torch.float16
-    raise ValueError(f"precision must be fp32, bf16 or fp16 (auto is resolved by train), "
-                     f"got {precision!r}")
-
-
-@torch.no_grad()
-def predict_logits(
-    model: torch.nn.Module,
-    data: ArrayDataset | np.ndarray,
-    *,
-    normalization: dict[str, Any],
-    batch_size: int = 128,
-    input_size: int | None = None,
-    precision: str = "fp32",
-    channels_last: bool = False,
-    progress: bool = False,
-) -> np.ndarray:
-    """Logits (N, C) float32 of ``model`` (eval mode) on uint8 images (N, H, W).
-
-    Images are scaled to [0, 1], resized to ``input_size`` when it differs from theirs and
-    normalised with ``normalization`` (``{"mean": [...], "std": [...]}``, the checkpoint's
-    ``meta["normalization"]``).
-    """
-    from .models import normalize
-
-    if isinstance(data, np.ndarray):
-        data = ArrayDataset(data, np.zeros(len(data), dtype=np.int64), ["any"], name="images")
-    device = next(model.parameters()).device
-    amp = autocast_dtype(precision, device)
-    was_training = model.training
-    model.eval()
-    out = []
-    for xb, _ in tqdm(iterate_batches(data, batch_size), total=-(-len(data) // batch_size),
-                      desc=f"predict {data.name}", disable=not progress, leave=False):
-        x = normalize(to_float(xb, input_size).to(device), normalization)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(x)
-        out.append(logits.float().cpu())
-    model.train(was_training)
-    return torch.cat(out).numpy()
-
-
-# ----------------------------------------------------------------------------- calibration
-
-
-def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Softmax of ``logits / temperature``."""
-    return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
-
-
-def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
-    """Mean negative log-likelihood of ``labels`` under ``softmax(logits / temperature)``."""
-    logp = log_softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
-    return float(-logp[np.arange(len(labels)), np.asarray(labels)].mean())
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray,
-                    bounds: tuple[float, float] = (0.05, 20.0)) -> float:
-    """Temperature T minimising the NLL of ``softmax(logits / T)`` (Guo et al., 2017).
-
-    A bounded 1-D search over log T (deterministic). Fit it on validation data only.
-    """
-    logits = np.asarray(logits, dtype=np.float64)
-    labels = np.asarray(labels)
-    if len(logits) == 0:
-        raise ValueError("fit_temperature needs at least one sample")
-    res = minimize_scalar(lambda lt: nll(logits, labels, float(np.exp(lt))),
-                          bounds=(np.log(bounds[0]), np.log(bounds[1])), method="bounded",
-                          options={"xatol": 1e-5})
-    return float(np.exp(res.x))
-
-
-def _bin_index(confidence: np.ndarray, n_bins: int) -> np.ndarray:
-    # bin b holds confidences in (b/n, (b+1)/n]; confidence 0 goes to bin 0
-    return np.clip(np.ceil(confidence * n_bins).astype(int) - 1, 0, n_bins - 1)
-
-
-def reliability_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> pd.DataFrame:
-    """Per confidence bin: range, count, mean top-label confidence and accuracy."""
-    if n_bins < 1:
-        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
-    probs = np.asarray(probs)
-    conf = probs.max(axis=1)
-    correct = (probs.argmax(axis=1) == np.asarray(labels)).astype(float)
-    b = _bin_index(conf, n_bins)
-    rows = []
-    for i in range(n_bins):
-        m = b == i
-        rows.append({"bin_low": i / n_bins, "bin_high": (i + 1) / n_bins, "count": int(m.sum()),
-                     "confidence": float(conf[m].mean()) if m.any() else float("nan"),
-                     "accuracy": float(correct[m].mean()) if m.any() else float("nan")})
-    return pd.DataFrame(rows)
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    """ECE = sum_b (n_b / N) |accuracy_b - confidence_b| over equal-width top-label bins."""
-    bins = reliability_bins(probs, labels, n_bins)
-    used = bins[bins["count"] > 0]
-    gap = (used["accuracy"] - used["confidence"]).abs()
-    return float((used["count"] * gap).sum() / used["count"].sum())
-
-
-# ----------------------------------------------------------------------------- thresholds
-
-
-def pneumonia_score(probs: np.ndarray) -> np.ndarray:
-    """p(pneumonia) = 1 - p(normal); class 0 is normal in both tasks."""
-    return 1.0 - np.asarray(probs)[:, 0]
-
-
-def choose_threshold(y_true: np.ndarray, score: np.ndarray, rule: str = "youden",
-                     target_sensitivity: float = 0.95) -> dict[str, Any]:
-    """Operating threshold on p(pneumonia) from validation data (a score >= it is positive).
-
-    Rules: ``youden`` maximises sensitivity + specificity - 1; ``sensitivity`` is the highest
-    threshold whose sensitivity reaches ``target_sensitivity`` (the most specific such point).
-    """
-    y_true = np.asarray(y_true).astype(int)
-    if len(np.unique(y_true)) < 2:
-        raise ValueError("choosing a threshold needs normal and pneumonia images in the "
-                         "validation split")
-    if rule == "youden":
-        t = youden_threshold(y_true, score)["threshold"]
-    elif rule == "sensitivity":
-        if not 0.0 < target_sensitivity <= 1.0:
-            raise ValueError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
-        fpr, tpr, thr = roc_curve(y_true, score)
-        ok = np.flatnonzero((tpr >= target_sensitivity) & np.isfinite(thr))
-        t = float(thr[ok[0]]) if len(ok) else float(np.min(score))
-    else:
-        raise ValueError(f"threshold rule must be one of {THRESHOLD_RULES}, got {rule!r}")
-    rates = binary_rates(y_true, (np.asarray(score) >= t).astype(int))
-    return {"value": float(t), "rule": rule,
-            "target_sensitivity": float(target_sensitivity) if rule == "sensitivity" else None,
-            "val_sensitivity": rates["sensitivity"], "val_specificity": rates["specificity"]}
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -313,29 +164,34 @@ def evaluate_checkpoint(
     processed_dir: str | Path,
     *,
     task: str,
-    arch: str | None = None,
-    splits: Sequence[str] = ("val", "test", "val_official"),
-    n_boot: int = 1000,
+    calibration: Mapping[str, Any] | str | Path | None = None,
+    settings: EvaluateSettings | Mapping[str, Any] | None = None,
     seed: int = 0,
-    ece_bins: int = 15,
-    batch_size: int = 128,
     progress: bool = False,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Evaluate ``best.pt`` on ``splits`` of the prepared data: ``(metrics, predictions)``.
+    """Evaluate ``best.pt`` on the splits of ``settings`` (params ``evaluate``):
+    ``(metrics, predictions)``.
 
-    ``val`` must be among the splits: the threshold transfer compares it with ``test``.
+    ``calibration`` is the model's ``calibration.json`` (or its content): the temperature and
+    the operating threshold fitted on val; without it, T = 1 and the threshold is 0.5.
     A split missing from the prepared folder is a FileNotFoundError, except ``val_official``
     (absent for sources without an official val folder), which is skipped with a warning.
     """
     from .models import load_model  # local: models imports torchvision (slow) only when used
 
+    s = EvaluateSettings.from_params(settings)
+    splits, n_boot, ece_bins, batch_size = s.splits, s.n_boot, s.ece_bins, s.batch_size
     class_names = check_task(task)
-    model, meta = load_model(model_path, arch=arch, class_names=list(class_names))
+    model, meta = load_model(model_path, class_names=list(class_names))
     if meta.get("task") not in (None, task):
-        raise ValueError(f"{model_path}: checkpoint was trained for task {meta['task']!r}, "
+        raise InputError(f"{model_path}: checkpoint was trained for task {meta['task']!r}, "
                          f"not {task!r}")
-    temperature = float(meta.get("temperature", 1.0))
-    threshold = float(meta.get("operating_threshold", {}).get("value", 0.5))
+    if isinstance(calibration, (str, Path)):
+        calibration = load_calibration(calibration)
+    calibration = dict(calibration or {"temperature": 1.0,
+                                       "operating_threshold": {"value": 0.5, "rule": "none"}})
+    temperature = float(calibration["temperature"])
+    threshold = float(calibration["operating_threshold"]["value"])
     input_size = int(meta["input_size"])
     precision = meta.get("precision", "fp32")
     channels_last = bool(meta.get("channels_last", False))
@@ -345,7 +201,9 @@ def evaluate_checkpoint(
         "task": task, "arch": meta["arch"], "class_names": list(class_names),
         "data_source": meta.get("data_source", "unknown"), "input_size": input_size,
         "weights": meta.get("init", "none"), "best_epoch": meta.get("best_epoch"),
-        "temperature": temperature, "operating_threshold": meta.get("operating_threshold"),
+        "temperature": temperature, "operating_threshold": calibration["operating_threshold"],
+        "precision": precision, "device": next(model.parameters()).device.type,
+        "threads": torch.get_num_threads(),
         "n_boot": n_boot, "ci_level": 0.95,
     }
     rows = []
@@ -395,64 +253,43 @@ def evaluate_checkpoint(
     return metrics, pd.concat(rows, ignore_index=True)
 
 
-def write_json(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` as indented JSON (NaN -> null, so every reader accepts it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(jsonable(obj), indent=2) + "\n")
-    return path
-
-
 FIGURES = ("confusion", "roc", "reliability", "curves")
 
 
 def run_evaluation(
     model_path: str | Path,
     processed_dir: str | Path,
-    outputs: dict[str, str | Path],
+    outputs: Mapping[str, str | Path],
     *,
     task: str,
-    arch: str | None = None,
+    calibration: str | Path | Mapping[str, Any] | None = None,
     history_path: str | Path | None = None,
-    params: dict[str, Any] | None = None,
+    params: EvaluateSettings | Mapping[str, Any] | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
     """The evaluate stage: metrics JSON, predictions CSV and the figures of one task/arch.
 
     ``outputs`` keys: ``metrics`` (JSON), ``predictions`` (CSV), ``confusion``, ``roc``,
-    ``reliability``, ``curves`` (PNG; ``curves`` needs ``history_path``) and, for the 3-class
-    task, ``folded`` (PNG: predictions folded into normal vs pneumonia). Keys not given are not
-    written; an unknown key is a ValueError.
+    ``reliability``, ``curves`` (PNG; ``curves`` needs ``history_path``) and, for the
+    three-class task, ``folded`` (PNG: predictions folded into normal vs pneumonia). Keys not
+    given are not written; an unknown key is a ValueError.
 
     ``params`` is the ``evaluate`` section: ``n_boot``, ``ece_bins``, ``batch_size``, ``splits``.
     """
     from .plots import classify as plots  # matplotlib only when figures are drawn
 
-    p = {"n_boot": 1000, "ece_bins": 15, "batch_size": 128,
-         "splits": ["val", "test", "val_official"]}
-    unknown_params = set(params or {}) - set(p)
-    if unknown_params:
-        raise ValueError(f"evaluate params: unknown keys {sorted(unknown_params)}; known: "
-                         f"{sorted(p)}")
-    p.update(params or {})
+    s = EvaluateSettings.from_params(params)
     known = {"metrics", "predictions", "folded", *FIGURES}
     unknown = set(outputs) - known
     if unknown:
-        raise ValueError(f"unknown evaluate outputs {sorted(unknown)}; known: {sorted(known)}")
-    if "folded" in outputs and task != "3class":
-        raise ValueError("output 'folded' (3-class predictions folded into normal vs pneumonia) "
-                         "only exists for task 3class")
-    if "val" not in p["splits"] or "test" not in p["splits"]:
-        raise ValueError(f"evaluate.splits must include val and test, got {p['splits']}")
-    if int(p["n_boot"]) < 10:
-        raise ValueError(f"evaluate.n_boot must be >= 10, got {p['n_boot']}")
-    if not 1 <= int(p["ece_bins"]) <= 100:
-        raise ValueError(f"evaluate.ece_bins must be in [1, 100], got {p['ece_bins']}")
-    metrics, preds = evaluate_checkpoint(
-        model_path, processed_dir, task=task, arch=arch, splits=p["splits"],
-        n_boot=int(p["n_boot"]), seed=seed, ece_bins=int(p["ece_bins"]),
-        batch_size=int(p["batch_size"]), progress=progress)
+        raise InputError(f"unknown evaluate outputs {sorted(unknown)}; known: {sorted(known)}")
+    if "folded" in outputs and task != "three_class":
+        raise InputError("output 'folded' (three-class predictions folded into normal vs "
+                         "pneumonia) only exists for task three_class")
+    metrics, preds = evaluate_checkpoint(model_path, processed_dir, task=task,
+                                         calibration=calibration, settings=s, seed=seed,
+                                         progress=progress)
     if "metrics" in outputs:
         write_json(metrics, outputs["metrics"])
     if "predictions" in outputs:
@@ -481,74 +318,16 @@ def run_evaluation(
         logits = test[probs_cols].to_numpy()
         y = test["label"].to_numpy()
         T = metrics["temperature"]
-        before = reliability_bins(probabilities(logits), y, int(p["ece_bins"]))
-        after = reliability_bins(probabilities(logits, T), y, int(p["ece_bins"]))
+        before = reliability_bins(probabilities(logits), y, s.ece_bins)
+        after = reliability_bins(probabilities(logits, T), y, s.ece_bins)
         cal = metrics["test"]["calibration"]
         plots.save(plots.reliability_figure(before, after, cal["ece_before"], cal["ece_after"], T,
                                             f"{label}: reliability on test", src),
                    outputs["reliability"])
     if "curves" in outputs:
         if history_path is None:
-            raise ValueError("output 'curves' needs the training history (input history)")
+            raise InputError("output 'curves' needs the training history (input history)")
         hist = pd.read_csv(history_path)
         plots.save(plots.history_figure(hist, f"{label}: training curves", src,
                                         best_epoch=metrics.get("best_epoch")), outputs["curves"])
     return metrics
-
-
-COMPARE_METRICS = ("accuracy", "auroc", "sensitivity", "specificity")
-
-
-def _weights_label(weights: str | None) -> str:
-    if weights in (None, "none"):
-        return "from scratch"
-    if weights == "imagenet":
-        return "ImageNet"
-    return "from binary"
-
-
-def comparison_table(metrics_paths: Sequence[str | Path], split: str = "test") -> pd.DataFrame:
-    """Long table (task, arch, model, metric, value, ci_low, ci_high, ...) of metrics JSONs.
-
-    ``sensitivity``/``specificity`` are normal vs pneumonia at the operating threshold (folded
-    for the 3-class task). ``model`` labels each bar with the input size and weights, so a
-    reduced-size comparison is visibly labelled as such.
-    """
-    rows = []
-    for path in metrics_paths:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: metrics file missing; run the evaluate stage first")
-        m = json.loads(path.read_text())
-        if split not in m:
-            raise ValueError(f"{path}: no {split!r} section; rerun evaluate")
-        s = m[split]
-        label = f"{m['arch']} ({m['input_size']} px, {_weights_label(m.get('weights'))})"
-        values = {"accuracy": s["accuracy"], "auroc": s["auroc"],
-                  "sensitivity": s["at_operating"]["sensitivity"],
-                  "specificity": s["at_operating"]["specificity"]}
-        for metric in COMPARE_METRICS:
-            v = values[metric]
-            rows.append({"task": m["task"], "arch": m["arch"], "model": label, "metric": metric,
-                         "value": v["value"], "ci_low": v["ci_low"], "ci_high": v["ci_high"],
-                         "input_size": m["input_size"], "weights": m.get("weights"),
-                         "data_source": m.get("data_source", "unknown"), "split": split})
-    if not rows:
-        raise ValueError("no metrics files to compare")
-    return pd.DataFrame(rows)
-
-
-def compare_models(metrics_paths: Sequence[str | Path], figure_path: str | Path,
-                   table_path: str | Path | None = None, split: str = "test") -> pd.DataFrame:
-    """The model-comparison chart (the study's Figure 3) and its table across architectures."""
-    from .plots import classify as plots
-
-    table = comparison_table(metrics_paths, split)
-    sources = sorted(set(table["data_source"]))
-    fig = plots.comparison_figure(table, f"Model comparison on {split} (95% CI)",
-                                  sources[0] if len(sources) == 1 else "+".join(sources))
-    plots.save(fig, figure_path)
-    if table_path is not None:
-        Path(table_path).parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(table_path, index=False, float_format="%.6g")
-    return table

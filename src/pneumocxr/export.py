@@ -7,7 +7,7 @@ checkpoint: input ``input`` float32 (N, in_chans, S, S), normalised as in traini
 metadata records the checkpoint's SHA-256, so a stale export (the model was retrained) is
 refused instead of silently used. Export uses PyTorch's TorchScript-based exporter
 (``dynamo=False``), which needs only the ``onnx`` package; the check runs both models on seeded
-random images and on a constant image and compares the temperature-scaled softmax
+random images and on a constant image and compares the softmax
 probabilities (:func:`check_onnx`; it fails above ``tolerance``, default 1e-4).
 
 Why offer it: on CPU, ONNX Runtime runs the ResNet-18 forward of one 224-px image faster than
@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import InputError
 from .checkpoint import file_sha256
-from .evaluate import probabilities
+from .logits import probabilities
 from .models import Classifier, load_model
 
 #: the versions this module was written and tested against (requirements-onnx pins)
@@ -36,7 +37,7 @@ ONNX_PINS = "onnx==1.23.2 onnxruntime==1.32.0"
 META_KEY = "pneumocxr"
 
 
-class OnnxUnavailableError(ValueError):
+class OnnxUnavailableError(InputError):
     """``onnx`` / ``onnxruntime`` are not installed."""
 
 
@@ -121,7 +122,7 @@ def _session(path: Path, threads: int | None = None):
 def check_onnx(model: Classifier, meta: dict[str, Any], onnx_path: str | Path, *,
                n: int = 4, seed: int = 0, tolerance: float = 1e-4) -> dict[str, float]:
     """Max abs difference between PyTorch and ONNX Runtime on ``n`` seeded random images and a
-    constant one: of the probabilities (softmax with the checkpoint's temperature), logits
+    constant one: of the probabilities (softmax of the logits), logits
     and embeddings. ValueError when the probabilities differ by more than ``tolerance``."""
     from .models import normalize
 
@@ -133,17 +134,16 @@ def check_onnx(model: Classifier, meta: dict[str, Any], onnx_path: str | Path, *
     with torch.inference_mode():
         emb_t, logits_t = _Exported(model).eval()(x)
     emb_o, logits_o = _session(Path(onnx_path)).run(None, {"input": x.numpy()})
-    temp = float(meta.get("temperature", 1.0))
     diff = {
         "n_images": int(len(x)),
         "max_abs_diff_probabilities": float(np.abs(
-            probabilities(logits_t.numpy(), temp) - probabilities(logits_o, temp)).max()),
+            probabilities(logits_t.numpy()) - probabilities(logits_o)).max()),
         "max_abs_diff_logits": float(np.abs(logits_t.numpy() - logits_o).max()),
         "max_abs_diff_embeddings": float(np.abs(emb_t.numpy() - emb_o).max()),
         "tolerance": tolerance,
     }
     if not diff["max_abs_diff_probabilities"] <= tolerance:
-        raise ValueError(f"{onnx_path}: ONNX Runtime probabilities differ from PyTorch's by "
+        raise InputError(f"{onnx_path}: ONNX Runtime probabilities differ from PyTorch's by "
                          f"{diff['max_abs_diff_probabilities']:.3g} (> {tolerance}); the export "
                          "is not trustworthy")
     return diff
@@ -158,17 +158,17 @@ def onnx_forward(checkpoint: str | Path, onnx_path: str | Path | None = None,
     """
     onnx_path = Path(onnx_path) if onnx_path is not None else default_output(checkpoint)
     if not onnx_path.is_file():
-        raise ValueError(f"{onnx_path}: no ONNX export of {checkpoint}; run "
+        raise InputError(f"{onnx_path}: no ONNX export of {checkpoint}; run "
                          f"`pneumocxr export {checkpoint}` first")
     sess = _session(onnx_path, threads)
     props = sess.get_modelmeta().custom_metadata_map
     try:
         info = json.loads(props[META_KEY])
     except (KeyError, ValueError):
-        raise ValueError(f"{onnx_path}: not written by `pneumocxr export` (no {META_KEY!r} "
+        raise InputError(f"{onnx_path}: not written by `pneumocxr export` (no {META_KEY!r} "
                          "metadata); export the checkpoint again") from None
     if info.get("checkpoint_sha256") != file_sha256(checkpoint):
-        raise ValueError(f"{onnx_path} was exported from another version of {checkpoint} "
+        raise InputError(f"{onnx_path} was exported from another version of {checkpoint} "
                          f"(retrained since?); run `pneumocxr export {checkpoint}` again")
 
     def forward(x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

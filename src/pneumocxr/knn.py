@@ -31,6 +31,7 @@ from sklearn.metrics import (
 )
 from sklearn.neighbors import KNeighborsClassifier
 
+from .errors import InputError, MissingInputError
 from .metrics import bootstrap_ci
 from .utils import jsonable
 
@@ -49,22 +50,22 @@ def _check_xy(x: np.ndarray, y: np.ndarray, what: str) -> tuple[np.ndarray, np.n
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y)
     if x.ndim != 2:
-        raise ValueError(f"{what} embeddings must be 2-D (N, D), got shape {x.shape}")
+        raise InputError(f"{what} embeddings must be 2-D (N, D), got shape {x.shape}")
     if len(x) != len(y):
-        raise ValueError(f"{what}: {len(x)} embeddings but {len(y)} labels")
+        raise InputError(f"{what}: {len(x)} embeddings but {len(y)} labels")
     if len(x) == 0:
-        raise ValueError(f"{what}: no embeddings")
+        raise InputError(f"{what}: no embeddings")
     return x, y
 
 
 def make_classifier(k: int, metric: str, weights: str = "uniform") -> KNeighborsClassifier:
     """An unfitted scikit-learn k-NN classifier (brute-force search: exact, any metric)."""
     if metric not in METRICS:
-        raise ValueError(f"k-NN metric must be one of {METRICS}, got {metric!r}")
+        raise InputError(f"k-NN metric must be one of {METRICS}, got {metric!r}")
     if weights not in WEIGHTS:
-        raise ValueError(f"k-NN weights must be one of {WEIGHTS}, got {weights!r}")
+        raise InputError(f"k-NN weights must be one of {WEIGHTS}, got {weights!r}")
     if int(k) < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InputError(f"k must be >= 1, got {k}")
     return KNeighborsClassifier(n_neighbors=int(k), metric=metric, weights=weights,
                                 algorithm="brute")
 
@@ -99,24 +100,24 @@ def select_knn(
     train_x, train_y = _check_xy(train_x, train_y, "train")
     val_x, val_y = _check_xy(val_x, val_y, "val")
     if train_x.shape[1] != val_x.shape[1]:
-        raise ValueError(f"train embeddings are {train_x.shape[1]}-d but val {val_x.shape[1]}-d")
+        raise InputError(f"train embeddings are {train_x.shape[1]}-d but val {val_x.shape[1]}-d")
     if criterion not in CRITERIA:
-        raise ValueError(f"k-NN selection criterion must be one of {sorted(CRITERIA)}, "
+        raise InputError(f"k-NN selection criterion must be one of {sorted(CRITERIA)}, "
                          f"got {criterion!r}")
     if not metrics:
-        raise ValueError("no k-NN metric to try; list cosine and/or euclidean")
+        raise InputError("no k-NN metric to try; list cosine and/or euclidean")
     bad = [m for m in metrics if m not in METRICS]
     if bad:
-        raise ValueError(f"k-NN metrics must be among {METRICS}, got {bad}")
+        raise InputError(f"k-NN metrics must be among {METRICS}, got {bad}")
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
-        raise ValueError(f"k candidates must be positive integers, got {ks}")
+        raise InputError(f"k candidates must be positive integers, got {ks}")
     usable = [k for k in ks if k <= len(train_x)]
     if len(usable) < len(ks):
         log.warning("skipping k > %d (the training set size): %s", len(train_x),
                     [k for k in ks if k > len(train_x)])
     if not usable:
-        raise ValueError(f"every k candidate {ks} exceeds the {len(train_x)} training embeddings")
+        raise InputError(f"every k candidate {ks} exceeds the {len(train_x)} training embeddings")
 
     score_fn = CRITERIA[criterion]
     candidates: list[dict[str, Any]] = []
@@ -158,12 +159,12 @@ class KnnIndex:
         self.labels = self.labels.astype(np.int64)
         self.files = np.asarray(self.files).astype(str)
         if len(self.files) != len(self.labels):
-            raise ValueError(f"index: {len(self.files)} file ids for {len(self.labels)} labels")
+            raise InputError(f"index: {len(self.files)} file ids for {len(self.labels)} labels")
         if self.labels.min() < 0 or self.labels.max() >= len(self.class_names):
-            raise ValueError(f"index labels must be 0..{len(self.class_names) - 1} "
+            raise InputError(f"index labels must be 0..{len(self.class_names) - 1} "
                              f"(class_names {self.class_names})")
         if self.k > len(self.embeddings):
-            raise ValueError(f"k={self.k} exceeds the {len(self.embeddings)} indexed embeddings")
+            raise InputError(f"k={self.k} exceeds the {len(self.embeddings)} indexed embeddings")
 
     @property
     def dim(self) -> int:
@@ -211,7 +212,7 @@ def knn_predict(index: KnnIndex, embeddings: np.ndarray) -> KnnPrediction:
     if x.ndim == 1:
         x = x[None, :]
     if x.ndim != 2 or x.shape[1] != index.dim:
-        raise ValueError(
+        raise InputError(
             f"embeddings of shape {x.shape} do not match the k-NN index ({index.dim}-d, "
             f"{index.info.get('arch', '?')} {index.info.get('task', '?')}); embed with the "
             "model the index was built from"
@@ -244,20 +245,20 @@ def load_knn_index(path: str | Path) -> KnnIndex:
     """Read an index written by :func:`save_knn_index`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: k-NN index not found; run the tsne_knn stage first")
+        raise MissingInputError(f"{path}: k-NN index not found; run the tsne_knn stage first")
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: not a readable k-NN index ({err})") from None
+        raise InputError(f"{path}: not a readable k-NN index ({err})") from None
     if not hasattr(data, "files"):
-        raise ValueError(f"{path}: a single array, not a pneumocxr k-NN index (.npz)")
+        raise InputError(f"{path}: a single array, not a pneumocxr k-NN index (.npz)")
     with data:
         missing = {"meta", "embeddings", "labels", "files"} - set(data.files)
         if missing:
-            raise ValueError(f"{path}: not a pneumocxr k-NN index (missing {sorted(missing)})")
+            raise InputError(f"{path}: not a pneumocxr k-NN index (missing {sorted(missing)})")
         meta = json.loads(str(data["meta"]))
         if meta.get("version") != INDEX_VERSION:
-            raise ValueError(f"{path}: k-NN index version {meta.get('version')}, this code reads "
+            raise InputError(f"{path}: k-NN index version {meta.get('version')}, this code reads "
                              f"{INDEX_VERSION}; rerun the tsne_knn stage")
         return KnnIndex(data["embeddings"], data["labels"], data["files"], meta["class_names"],
                         int(meta["k"]), meta["metric"], meta["weights"], meta.get("info", {}))

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InputError
+
 REDUCTIONS = ("none", "mean", "sum")
 
 
@@ -19,12 +21,12 @@ def _alpha_vector(alpha: float | Sequence[float] | None, num_classes: int,
     if isinstance(alpha, (int, float)):
         a = float(alpha)
         if not 0.0 <= a <= 1.0:
-            raise ValueError(f"focal loss alpha must be in [0, 1], got {alpha}")
+            raise InputError(f"focal loss alpha must be in [0, 1], got {alpha}")
         values = [1.0 - a, a] if num_classes == 2 else [a] * num_classes
     else:
         values = [float(v) for v in alpha]
         if len(values) != num_classes or min(values) < 0:
-            raise ValueError(f"focal loss alpha per class needs {num_classes} non-negative "
+            raise InputError(f"focal loss alpha per class needs {num_classes} non-negative "
                              f"values, got {list(alpha)}")
     return torch.tensor(values, dtype=torch.float32, device=device)
 
@@ -59,14 +61,14 @@ def focal_loss(
         reduction: ``"none"`` (per-sample losses), ``"mean"`` (over samples) or ``"sum"``.
     """
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        raise InputError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if logits.ndim != 2 or logits.shape[1] < 2:
-        raise ValueError(f"focal_loss expects logits of shape (N, C>=2), got {tuple(logits.shape)}")
+        raise InputError(f"focal_loss expects logits of shape (N, C>=2), got {tuple(logits.shape)}")
     if target.shape != logits.shape[:1]:
-        raise ValueError(f"target shape {tuple(target.shape)} does not match logits "
+        raise InputError(f"target shape {tuple(target.shape)} does not match logits "
                          f"{tuple(logits.shape)}; expected (N,) class indices")
     if gamma < 0:
-        raise ValueError(f"focal loss gamma must be >= 0, got {gamma}")
+        raise InputError(f"focal loss gamma must be >= 0, got {gamma}")
     target = target.long()
     logp_t = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
     loss = -((1.0 - logp_t.exp()) ** gamma) * logp_t
@@ -87,9 +89,9 @@ class FocalLoss(nn.Module):
                  reduction: str = "mean"):
         super().__init__()
         if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+            raise InputError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         if gamma < 0:
-            raise ValueError(f"focal loss gamma must be >= 0, got {gamma}")
+            raise InputError(f"focal loss gamma must be >= 0, got {gamma}")
         self.alpha = alpha
         self.gamma = gamma
         self.reduction = reduction
@@ -106,10 +108,10 @@ def class_weights(counts: Sequence[int], mode: str = "balanced") -> torch.Tensor
     if mode == "none":
         return None
     if mode != "balanced":
-        raise ValueError(f"class_weights must be 'none' or 'balanced', got {mode!r}")
+        raise InputError(f"class_weights must be 'none' or 'balanced', got {mode!r}")
     counts = np.asarray(counts, dtype=np.float64)
     if np.any(counts <= 0):
-        raise ValueError(f"balanced class weights need every class present in train; counts {counts.tolist()}")
+        raise InputError(f"balanced class weights need every class present in train; counts {counts.tolist()}")
     return torch.tensor(counts.sum() / (len(counts) * counts), dtype=torch.float32)
 
 
@@ -129,13 +131,13 @@ def build_criterion(
     two rather than silently ignoring them.
     """
     if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        raise InputError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
     if name == "focal":
         if class_weighting != "none" or label_smoothing:
-            raise ValueError("focal loss weighs classes through focal_alpha; set "
+            raise InputError("focal loss weighs classes through focal_alpha; set "
                              "class_weights: none and label_smoothing: 0 with loss: focal")
         return FocalLoss(focal_alpha, focal_gamma)
     if name == "cross_entropy":
         return nn.CrossEntropyLoss(weight=class_weights(class_counts, class_weighting),
                                    label_smoothing=label_smoothing)
-    raise ValueError(f"loss must be 'focal' or 'cross_entropy', got {name!r}")
+    raise InputError(f"loss must be 'focal' or 'cross_entropy', got {name!r}")

@@ -38,6 +38,7 @@ import torch
 import torchvision
 from torch import nn
 
+from .errors import InputError, RunError
 from .checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(RunError):
     """Pretrained weights could not be downloaded or read from the torch hub cache."""
 
 
@@ -87,7 +88,7 @@ def register_model(spec: ModelSpec) -> Callable:
 
     def wrap(split: Callable[[nn.Module], _Parts]) -> Callable[[nn.Module], _Parts]:
         if spec.name in _REGISTRY:
-            raise ValueError(f"model {spec.name!r} is already registered")
+            raise InputError(f"model {spec.name!r} is already registered")
         _REGISTRY[spec.name] = (spec, split)
         return split
 
@@ -101,7 +102,7 @@ def list_models() -> list[str]:
 
 def get_model_spec(name: str) -> ModelSpec:
     if name not in _REGISTRY:
-        raise ValueError(f"unknown architecture {name!r}; available: {', '.join(list_models())}")
+        raise InputError(f"unknown architecture {name!r}; available: {', '.join(list_models())}")
     return _REGISTRY[name][0]
 
 
@@ -110,7 +111,7 @@ def check_input_size(name: str, size: int | tuple[int, int]) -> None:
     spec = get_model_spec(name)
     h, w = (size, size) if isinstance(size, int) else size
     if min(h, w) < spec.min_input_size:
-        raise ValueError(
+        raise InputError(
             f"{name} needs input of at least {spec.min_input_size}x{spec.min_input_size} pixels, "
             f"got {h}x{w}; raise prepare.crop (or train.input_size) or choose another architecture"
         )
@@ -165,10 +166,10 @@ class Classifier(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"{self.arch} expects input (N, {self.in_chans}, H, W), "
+            raise InputError(f"{self.arch} expects input (N, {self.in_chans}, H, W), "
                              f"got {tuple(x.shape)}")
         if min(x.shape[-2:]) < self.min_input_size:
-            raise ValueError(
+            raise InputError(
                 f"{self.arch} needs input of at least {self.min_input_size}x"
                 f"{self.min_input_size} pixels, got {x.shape[-2]}x{x.shape[-1]}; raise "
                 "prepare.crop (or train.input_size) or choose another architecture")
@@ -297,22 +298,22 @@ def create_model(name: str, num_classes: int = 2, in_chans: int = 1,
     """
     get_model_spec(name)
     if int(num_classes) < 2:
-        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        raise InputError(f"num_classes must be at least 2, got {num_classes}")
     if int(in_chans) < 1:
-        raise ValueError(f"in_chans must be at least 1, got {in_chans}")
+        raise InputError(f"in_chans must be at least 1, got {in_chans}")
     weights = "none" if weights is None else str(weights)
     if weights == "none":
         return _build(name, num_classes, in_chans, False, progress)
     if weights == "imagenet":
         return _build(name, num_classes, in_chans, True, progress)
-    ckpt = load_checkpoint(weights)
+    ckpt = load_checkpoint(weights, kind="classifier")
     meta = ckpt["meta"]
     if meta.get("arch") != name:
-        raise ValueError(
+        raise InputError(
             f"{weights}: checkpoint of architecture {meta.get('arch')!r} cannot initialise "
             f"{name!r}; use the {name} checkpoint (models/<task>/{name}/best.pt)")
     if int(meta.get("in_chans", -1)) != in_chans:
-        raise ValueError(f"{weights}: checkpoint takes {meta.get('in_chans')} input channels, "
+        raise InputError(f"{weights}: checkpoint takes {meta.get('in_chans')} input channels, "
                          f"the model {in_chans}")
     n_ckpt = len(meta["class_names"])
     model = _build(name, n_ckpt, in_chans, False, progress)
@@ -331,15 +332,15 @@ def load_model(path: str | Path, *, arch: str | None = None,
     ``arch`` / ``class_names``, when given, must match the checkpoint (ValueError otherwise),
     so a 3-class checkpoint cannot be evaluated as a binary one by mistake.
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, kind="classifier")
     meta = ckpt["meta"]
     for key in ("arch", "class_names", "in_chans"):
         if key not in meta:
-            raise ValueError(f"{path}: checkpoint metadata lacks {key!r}; retrain to rewrite it")
+            raise InputError(f"{path}: checkpoint metadata lacks {key!r}; retrain to rewrite it")
     if arch is not None and meta["arch"] != arch:
-        raise ValueError(f"{path}: checkpoint is a {meta['arch']!r} model, expected {arch!r}")
+        raise InputError(f"{path}: checkpoint is a {meta['arch']!r} model, expected {arch!r}")
     if class_names is not None and list(meta["class_names"]) != list(class_names):
-        raise ValueError(f"{path}: checkpoint classes {meta['class_names']} differ from the "
+        raise InputError(f"{path}: checkpoint classes {meta['class_names']} differ from the "
                          f"task's {list(class_names)}; use the checkpoint of this task")
     model = _build(meta["arch"], len(meta["class_names"]), int(meta["in_chans"]), False, False)
     model.load_state_dict(ckpt["model"])

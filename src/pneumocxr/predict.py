@@ -6,7 +6,7 @@
 
       models/binary/{arch}/best.pt          required: p(pneumonia), label at the saved threshold
       models/binary/{arch}/knn_index.npz    optional: k-NN vote and the nearest training images
-      models/3class/{arch}/best.pt          optional: normal / bacteria / virus probabilities
+      models/three_class/{arch}/best.pt          optional: normal / bacteria / virus probabilities
       models/autoencoder/best.pt            optional, with anomaly/metrics.json (score
       anomaly/metrics.json                  params and the EER threshold): anomaly score + flag
       anomaly/score_state.pt                only for scores fitted on normal images (densities)
@@ -45,11 +45,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from .errors import InputError
 from . import CLASS_NAMES_3, CLASS_NAMES_BINARY
 from .data.images import BadImageError, DICOM_SUFFIXES, read_image
 from .data.preprocess import PreprocessConfig, preprocess
 from .datasets import to_float
-from .evaluate import probabilities
+from .calibration import load_calibration
+from .logits import probabilities
 from .models import Classifier, load_model, normalize
 
 log = logging.getLogger(__name__)
@@ -60,13 +62,13 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", *DICOM_SUFFIXES)
 CSV_COLUMNS = (
     "file", "ok", "error", "width", "height", "mode",
     "p_pneumonia", "threshold", "label",
-    "p_normal_3class", "p_bacteria_3class", "p_virus_3class", "label_3class",
+    "p_normal_three_class", "p_bacteria_three_class", "p_virus_three_class", "label_three_class",
     "knn_label", "knn_p_pneumonia", "knn_k", "knn_neighbours", "knn_distances",
     "anomaly_score", "anomaly_threshold", "anomaly_flag",
 )
 
 
-class ModelDirError(ValueError):
+class ModelDirError(InputError):
     """The models folder is missing, incomplete or its pieces do not belong together."""
 
 
@@ -84,6 +86,17 @@ class Component:
     preprocess: PreprocessConfig
     clahe: bool
     preprocess_source: str = "checkpoint"
+    #: temperature and operating threshold (``calibration.json`` beside the checkpoint)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    calibration_path: Path | None = None
+
+    @property
+    def temperature(self) -> float:
+        return float(self.calibration["temperature"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.calibration["operating_threshold"]["value"])
 
 
 @dataclass
@@ -119,15 +132,16 @@ class Predictor:
         out: dict[str, Any] = {
             "models_dir": str(self.models_dir), "arch": self.arch, "backend": self.backend,
             "binary": {"path": str(self.binary.path),
-                       "threshold": self.binary.meta["operating_threshold"],
-                       "temperature": self.binary.meta.get("temperature", 1.0),
+                       "threshold": self.binary.calibration["operating_threshold"],
+                       "temperature": self.binary.temperature,
+                       "calibration": str(self.binary.calibration_path),
                        "input_size": self.binary.meta["input_size"],
                        "preprocess": _cfg_dict(self.binary.preprocess, self.binary.clahe),
                        "preprocess_source": self.binary.preprocess_source,
                        "data_source": self.binary.meta.get("data_source")},
-            "3class": None if self.three is None else {
+            "three_class": None if self.three is None else {
                 "path": str(self.three.path), "class_names": self.three.meta["class_names"],
-                "temperature": self.three.meta.get("temperature", 1.0)},
+                "temperature": self.three.temperature},
             "knn": None if self.knn is None else {
                 "k": self.knn.k, "metric": self.knn.metric, "n_indexed": len(self.knn.labels),
                 "class_names": self.knn.class_names},
@@ -195,13 +209,14 @@ def preprocess_settings(meta: Mapping[str, Any], prepared: Path | None, what: st
         if ds_model and ds_info and ds_model != ds_info:
             raise ModelDirError(f"{what}: trained on {ds_model!r} data but {info_path} describes "
                                 f"{ds_info!r} data; pass the --prepared folder of its run")
-    clahe = spec.get("clahe", {}) or {}
+    missing = [k for k in ("resize", "crop") if k not in spec]
+    if missing:
+        raise ModelDirError(f"{what}: preprocessing settings from {source} lack {missing}")
     try:
-        cfg = PreprocessConfig(resize=int(spec["resize"]), crop=int(spec["crop"]),
-                               clip_limit=float(clahe.get("clip_limit", 2.0)),
-                               tile_grid=int(clahe.get("tile_grid", 8)))
-    except (KeyError, TypeError) as err:
-        raise ModelDirError(f"{what}: preprocessing settings from {source} lack {err}") from None
+        cfg = PreprocessConfig.from_params({k: spec[k] for k in ("resize", "crop", "clahe")
+                                            if spec.get(k) is not None})
+    except ValueError as err:
+        raise ModelDirError(f"{what}: preprocessing settings from {source}: {err}") from None
     return cfg, {"source": source}
 
 
@@ -213,12 +228,18 @@ def _load_classifier(path: Path, class_names: Sequence[str], arch: str,
         raise ModelDirError(str(err)) from None
     except ValueError as err:
         raise ModelDirError(f"{err}") from None
-    for key in ("input_size", "normalization", "operating_threshold"):
+    for key in ("input_size", "normalization"):
         if key not in meta:
             raise ModelDirError(f"{path}: checkpoint metadata lacks {key!r}; retrain it")
+    cal_path = path.parent / "calibration.json"
+    try:
+        calibration = load_calibration(cal_path)
+    except (FileNotFoundError, ValueError) as err:   # missing or unreadable: both name the file and the fix
+        raise ModelDirError(str(err)) from None
     cfg, src = preprocess_settings(meta, prepared, str(path))
     variant = (meta.get("preprocess") or {}).get("variant", "plain")
-    return Component(model, meta, path, cfg, variant == "clahe", src["source"])
+    return Component(model, meta, path, cfg, variant == "clahe", src["source"], calibration,
+                     cal_path)
 
 
 def _load_knn(path: Path, binary: Component, arch: str):
@@ -324,7 +345,7 @@ def load_predictor(models_dir: str | Path = "results", *, arch: str | None = Non
         pred.notes.append(f"preprocessing read from {binary.preprocess_source} (the checkpoint "
                           "does not record it)")
 
-    three_path = models / "3class" / arch / "best.pt"
+    three_path = models / "three_class" / arch / "best.pt"
     if three_path.is_file():
         pred.three = _load_classifier(three_path, CLASS_NAMES_3, arch, prepared)
         if pred.three.meta.get("data_source") != source:
@@ -350,7 +371,7 @@ def load_predictor(models_dir: str | Path = "results", *, arch: str | None = Non
 
         pred.binary_forward = onnx_forward(binary.path)
     elif backend != "torch":
-        raise ValueError(f"backend must be torch or onnx, got {backend!r}")
+        raise InputError(f"backend must be torch or onnx, got {backend!r}")
     pred.backend = backend
     for note in pred.notes:
         log.info("%s", note)
@@ -415,8 +436,8 @@ class Prediction:
     p_pneumonia: float | None = None
     threshold: float | None = None
     label: str | None = None
-    probs_3class: dict[str, float] | None = None
-    label_3class: str | None = None
+    probs_three_class: dict[str, float] | None = None
+    label_three_class: str | None = None
     knn_label: str | None = None
     knn_p_pneumonia: float | None = None
     knn_k: int | None = None
@@ -436,8 +457,8 @@ class Prediction:
     def as_row(self) -> dict[str, Any]:
         """Flat CSV row (:data:`CSV_COLUMNS`); lists joined with ``;``."""
         d = self.as_dict()
-        p3 = self.probs_3class or {}
-        d.update({f"p_{c}_3class": p3.get(c) for c in CLASS_NAMES_3})
+        p3 = self.probs_three_class or {}
+        d.update({f"p_{c}_three_class": p3.get(c) for c in CLASS_NAMES_3})
         d["knn_neighbours"] = None if self.knn_neighbours is None else ";".join(self.knn_neighbours)
         d["knn_distances"] = None if self.knn_distances is None else \
             ";".join(f"{x:.6g}" for x in self.knn_distances)
@@ -478,8 +499,8 @@ def _predict_batch(pred: Predictor, batch: list[_Decoded], rows: list[Prediction
     x = _classifier_input(_crops(grays, b.preprocess, b.clahe), b)
     forward = pred.binary_forward or (lambda t: torch_forward(b.model, t))
     emb, logits = forward(x)
-    p_bin = probabilities(logits, float(b.meta.get("temperature", 1.0)))
-    thr = float(b.meta["operating_threshold"]["value"])
+    p_bin = probabilities(logits, b.temperature)
+    thr = b.threshold
     p_pneu = 1.0 - p_bin[:, 0]
 
     p3 = None
@@ -490,7 +511,7 @@ def _predict_batch(pred: Predictor, batch: list[_Decoded], rows: list[Prediction
             t.meta["normalization"] == b.meta["normalization"] else \
             _classifier_input(_crops(grays, t.preprocess, t.clahe), t)
         _, logits3 = torch_forward(t.model, x3)
-        p3 = probabilities(logits3, float(t.meta.get("temperature", 1.0)))
+        p3 = probabilities(logits3, t.temperature)
 
     knn = None
     if pred.knn is not None:
@@ -513,8 +534,8 @@ def _predict_batch(pred: Predictor, batch: list[_Decoded], rows: list[Prediction
         r.label = "PNEUMONIA" if p_pneu[j] >= thr else "NORMAL"
         if p3 is not None:
             names = list(pred.three.meta["class_names"])
-            r.probs_3class = {c: float(p3[j, i]) for i, c in enumerate(names)}
-            r.label_3class = names[int(np.argmax(p3[j]))]
+            r.probs_three_class = {c: float(p3[j, i]) for i, c in enumerate(names)}
+            r.label_three_class = names[int(np.argmax(p3[j]))]
         if knn is not None:
             names = pred.knn.class_names
             r.knn_label = names[int(knn.pred[j])].upper()
@@ -548,7 +569,7 @@ def predict_files(pred: Predictor, paths: Iterable[str | Path], *, batch_size: i
     ``max_pixels`` are ``prepare``'s checks (``data.min_side``, ``data.max_pixels``).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
     rows: list[Prediction] = []
     batch: list[_Decoded] = []
     for path, error in expand_inputs(paths):
@@ -596,12 +617,12 @@ def format_table(rows: Sequence[Prediction]) -> str:
         if not r.ok:
             lines.append((name, f"ERROR {r.error}"))
             continue
-        p3 = "-" if r.probs_3class is None else max(r.probs_3class.values())
+        p3 = "-" if r.probs_three_class is None else max(r.probs_three_class.values())
         vote = "-" if r.knn_label is None else \
             f"{r.knn_label} (p(pneu) {r.knn_p_pneumonia:.2f}, k={r.knn_k})"
         flag = "-" if r.anomaly_flag is None else ("ANOMALY" if r.anomaly_flag else "normal")
         lines.append((name, r.label, _fmt(r.p_pneumonia), _fmt(r.threshold),
-                      r.label_3class or "-", p3 if p3 == "-" else _fmt(p3), vote,
+                      r.label_three_class or "-", p3 if p3 == "-" else _fmt(p3), vote,
                       _fmt(r.anomaly_score, ".4g"), flag))
     widths = [max([len(head[i])] + [len(ln[i]) for ln in lines if len(ln) == len(head)])
               for i in range(len(head))]
@@ -638,7 +659,7 @@ def write_predictions(rows: Sequence[Prediction], path: str | Path,
                "predictions": [r.as_dict() for r in rows]}
         path.write_text(json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n")
     else:
-        raise ValueError(f"{path}: output must end in .csv or .json")
+        raise InputError(f"{path}: output must end in .csv or .json")
     return path
 
 
@@ -660,8 +681,10 @@ def explain_files(pred: Predictor, rows: Sequence[Prediction], out_dir: str | Pa
     """
     import matplotlib.pyplot as plt
 
-    from .explain import (ClassifierOutputSoftmaxTarget, ClassifierOutputTarget, GradCAM,
-                          ImageModel, Occlusion, normalize_map)
+    from .explain.gradcam import GradCAM, normalize_map
+    from .explain.occlusion import Occlusion
+    from .explain.targets import (ClassifierOutputSoftmaxTarget, ClassifierOutputTarget,
+                                  ImageModel)
     from .plots.common import save, title
     from .plots.explain import CMAPS
 

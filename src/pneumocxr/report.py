@@ -40,6 +40,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .errors import InputError, MissingInputError
 from . import __version__
 from .checkpoint import file_sha256
 from .metrics import bootstrap_cis, reweight_to_prevalence
@@ -65,7 +66,7 @@ PUBLISHED: tuple[dict[str, Any], ...] = (
     {"id": "study_binary", "source": "the study", "role": "study", "task": "binary",
      "arch": "ResNet-18", "image_size": 224, "weights": "ImageNet-pretrained, fine-tuned",
      "metrics": {"accuracy": 0.8638, "precision": 0.829, "sensitivity": 0.985}},
-    {"id": "study_3class", "source": "the study", "role": "study", "task": "3class",
+    {"id": "study_three_class", "source": "the study", "role": "study", "task": "three_class",
      "arch": "VGG16", "image_size": 224, "weights": "ImageNet-pretrained, fine-tuned",
      "metrics": {"accuracy": 0.7836}},
     {"id": "study_anomaly", "source": "the study", "role": "study", "task": "anomaly",
@@ -97,7 +98,7 @@ ROWS: dict[str, tuple[tuple[str, str, str, str], ...]] = {
         ("op_sensitivity", "sensitivity at the operating threshold", "pct", FREE),
         ("op_specificity", "specificity at the operating threshold", "pct", FREE),
     ),
-    "3class": (
+    "three_class": (
         ("accuracy", "accuracy (argmax, 3 classes)", "pct", REWEIGHTED),
         ("auroc", "AUROC (macro one-vs-rest)", "auc", FREE),
         ("recall_normal", "recall: normal", "pct", FREE),
@@ -118,12 +119,12 @@ ROWS: dict[str, tuple[tuple[str, str, str, str], ...]] = {
     ),
 }
 TASK_TITLES = {"binary": "Binary (normal vs pneumonia)",
-               "3class": "3-class (normal / bacterial / viral pneumonia)",
+               "three_class": "3-class (normal / bacterial / viral pneumonia)",
                "anomaly": "Anomaly detection (autoencoder trained on normal images)"}
 METRIC_NAMES = {"accuracy": "accuracy", "precision": "precision", "sensitivity": "sensitivity",
                 "specificity": "specificity", "error_rate": "error rate", "f1": "F1",
                 "auroc": "AUROC"}
-TASK_ORDER = ("binary", "3class")
+TASK_ORDER = ("binary", "three_class")
 CLASSIFIER_KINDS = ("classify", "predictions", "explain", "embed", "model")
 SYNTHETIC_NOTICE = ("SYNTHETIC DEMO RUN: data.source = demo, procedurally generated images "
                     "that are not chest X-rays. These numbers test the pipeline; they say "
@@ -137,13 +138,13 @@ SYNTHETIC_NOTICE = ("SYNTHETIC DEMO RUN: data.source = demo, procedurally genera
 def _read_json(path: str | Path, what: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} missing; run its stage first")
+        raise MissingInputError(f"{path}: {what} missing; run its stage first")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: {what} is not valid JSON ({err}); rerun its stage") from None
+        raise InputError(f"{path}: {what} is not valid JSON ({err}); rerun its stage") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: {what} should be a JSON object; rerun its stage")
+        raise InputError(f"{path}: {what} should be a JSON object; rerun its stage")
     return data
 
 
@@ -151,7 +152,7 @@ def _get(data: Mapping[str, Any], dotted: str, path: str | Path) -> Any:
     node: Any = data
     for key in dotted.split("."):
         if not isinstance(node, Mapping) or key not in node:
-            raise ValueError(f"{path}: no {dotted!r}; the file is from an older or different "
+            raise InputError(f"{path}: no {dotted!r}; the file is from an older or different "
                              "stage version, rerun that stage")
         node = node[key]
     return node
@@ -160,14 +161,14 @@ def _get(data: Mapping[str, Any], dotted: str, path: str | Path) -> Any:
 def _read_csv(path: str | Path, columns: Sequence[str], what: str) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} missing; run its stage first")
+        raise MissingInputError(f"{path}: {what} missing; run its stage first")
     try:
         df = pd.read_csv(path, dtype={"patient": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: {what} is not a readable CSV ({err}); rerun its stage") from None
+        raise InputError(f"{path}: {what} is not a readable CSV ({err}); rerun its stage") from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"{path}: {what} lacks columns {missing}; rerun its stage")
+        raise InputError(f"{path}: {what} lacks columns {missing}; rerun its stage")
     return df
 
 
@@ -194,7 +195,7 @@ def class_mix(task: str) -> dict[str, float]:
     """Class shares of :data:`STUDY_TEST_SET` for ``task`` (binary: normal vs pneumonia)."""
     c = STUDY_TEST_SET["class_counts"]
     n = sum(c.values())
-    if task == "3class":
+    if task == "three_class":
         return {k: v / n for k, v in c.items()}
     return {"normal": c["normal"] / n, "pneumonia": (c["bacteria"] + c["virus"]) / n}
 
@@ -213,10 +214,10 @@ def reweighted_metrics(labels: np.ndarray, pred: np.ndarray, patients: np.ndarra
     p = np.asarray(pred).astype(int)
     w = np.asarray(weights, dtype=float)
     if len(y) != len(p) or len(y) == 0:
-        raise ValueError(f"re-weighting needs as many decisions as labels (got {len(p)} and "
+        raise InputError(f"re-weighting needs as many decisions as labels (got {len(p)} and "
                          f"{len(y)}), at least one")
     if w.ndim != 1 or len(w) < 2 or (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"class weights must be >= 0 with a positive sum, got {list(w)}")
+        raise InputError(f"class weights must be >= 0 with a positive sum, got {list(w)}")
     w = w / w.sum()
     k = len(w)
 
@@ -270,7 +271,7 @@ def _data_section(summary_path: str, processed: str | None) -> dict[str, Any]:
         "rejected": s.get("rejected", {}).get("count", 0),
         "preprocess": {"resize": params.get("resize"), "crop": params.get("crop"),
                        "clahe": params.get("clahe")},
-        "val_split": {"fraction": params.get("val_fraction"), "seed": params.get("seed"),
+        "val_split": {"fraction": params.get("val_fraction"), "seed": params.get("split_seed"),
                       "by": s.get("stratification", {}).get("by"),
                       "max_gap_points": s.get("stratification", {}).get("max_gap_points")},
         "duplicates": {
@@ -329,7 +330,7 @@ def _classifier(task: str, arch: str, files: Mapping[str, str], *, n_boot: int |
                 seed: int) -> dict[str, Any]:
     for kind in ("classify", "predictions"):
         if kind not in files:
-            raise ValueError(f"summary: input {kind}_{task}_{arch} is missing (every classifier "
+            raise InputError(f"summary: input {kind}_{task}_{arch} is missing (every classifier "
                              "needs its metrics and predictions)")
     mpath = files["classify"]
     m = _read_json(mpath, f"{task} {arch} metrics")
@@ -353,7 +354,7 @@ def _classifier(task: str, arch: str, files: Mapping[str, str], *, n_boot: int |
                       f"{task} {arch} predictions")
     t = preds[preds["split"] == "test"]
     if len(t) != n:
-        raise ValueError(f"{files['predictions']}: {len(t)} test rows but {mpath} counts {n} "
+        raise InputError(f"{files['predictions']}: {len(t)} test rows but {mpath} counts {n} "
                          "test images; rerun evaluate")
     mix = class_mix(task)
     boot = int(n_boot if n_boot is not None else m.get("n_boot", 1000))
@@ -446,14 +447,14 @@ def build_summary(inputs: Mapping[str, str], *, seed: int = 0, n_boot: int | Non
     """
     per_model, other = split_inputs(inputs)
     if "data" not in other:
-        raise ValueError("summary: input 'data' (results/data/summary.json) is required")
+        raise InputError("summary: input 'data' (results/data/summary.json) is required")
     data = _data_section(other["data"], other.get("processed"))
     classifiers = [_classifier(task, arch, per_model[(task, arch)], n_boot=n_boot, seed=seed)
                    for task in TASK_ORDER for (t, arch) in per_model if t == task]
     anomaly = None
     if "anomaly" in other:
         if "anomaly_scores" not in other:
-            raise ValueError("summary: input 'anomaly' needs 'anomaly_scores' "
+            raise InputError("summary: input 'anomaly' needs 'anomaly_scores' "
                              "(results/anomaly/scores.csv) too")
         anomaly = _anomaly(other["anomaly"], other["anomaly_scores"], other.get("anomaly_model"),
                            n_boot=int(n_boot or 1000), seed=seed)
@@ -601,12 +602,12 @@ def render_summary_md(summary: Mapping[str, Any]) -> str:
             lines += ["", f"Operating threshold on p(pneumonia): {th['value']:.3f} "
                           f"({th['rule']}, chosen on `val`, never on `test`)."]
         lines.append("")
-    if not any(r["task"] == "3class" for r in summary["classifiers"].values()):
-        lines += ["## " + TASK_TITLES["3class"], "",
+    if not any(r["task"] == "three_class" for r in summary["classifiers"].values()):
+        lines += ["## " + TASK_TITLES["three_class"], "",
                   "Not run: this data source has no bacterial/viral subtypes. Published: "
                   + "; ".join(f"{p['source']} ({p['arch']}) accuracy "
                               f"{fmt_published(p['metrics']['accuracy'], 'pct')}"
-                              for p in _published_for("3class")), ""]
+                              for p in _published_for("three_class")), ""]
     a = summary.get("anomaly")
     if a:
         lines += [f"## {_title(a)}", "", _provenance(a, data)
@@ -802,7 +803,7 @@ def write_report(inputs: Mapping[str, str], outputs: Mapping[str, str], *, seed:
     known = {"summary", "markdown", "model_card"}
     unknown = set(outputs) - known
     if unknown:
-        raise ValueError(f"unknown summary outputs {sorted(unknown)}; known: {sorted(known)}")
+        raise InputError(f"unknown summary outputs {sorted(unknown)}; known: {sorted(known)}")
     summary = jsonable(build_summary(inputs, seed=seed, n_boot=n_boot))
     texts = {"summary": json.dumps(summary, indent=2) + "\n",
              "markdown": render_summary_md(summary),

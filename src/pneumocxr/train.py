@@ -2,9 +2,14 @@
 
 * :func:`train_one_epoch` -- one pass over the in-memory training arrays (augmented on tensors).
 * :func:`fit` -- the whole run on two :class:`~pneumocxr.datasets.ArrayDataset` (train, val):
-  model selection on ``val``, then temperature scaling and the operating threshold fitted on
-  ``val``, written to ``best.pt`` with the history CSV.
-* :func:`run_training` -- the ``train`` stage: prepared data folder in, ``best.pt`` + history out.
+  model selection on ``val``; ``best.pt``, the history CSV and the selected model's val
+  predictions (which the ``calibrate`` stage turns into a temperature and an operating point).
+* :func:`run_training` -- the ``train`` stage: prepared data folder in, those three files out.
+
+The recipe is a :class:`~pneumocxr.settings.TrainSettings` (params ``train`` with the task's
+overrides); its defaults and ranges live in the params schema only. Outputs hold no clock
+time, so the same inputs, params, machine, thread count, device and precision (all recorded
+in ``best.pt``) give the same bytes; epoch times and images/s go to the log.
 
 Resume: after every epoch the full state (model, optimizer, scheduler, python/numpy/torch RNG,
 the augmentation generator, epoch, best-so-far, history) is written to
@@ -38,120 +43,31 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import (ResumeCache, atomic_save, file_sha256, params_key, rng_state,
-                         set_rng_state)
-from .config import deep_merge
+from .checkpoint import (ResumeCache, atomic_save, file_sha256, load_checkpoint, params_key,
+                         rng_state, save_checkpoint, set_rng_state)
 from .data.arrays import preprocess_meta
 from .datasets import (Augment, ArrayDataset, balanced_sample_weights, check_task, epoch_indices,
                        iterate_batches, load_task_split, to_float)
-from .evaluate import (THRESHOLD_RULES, autocast_dtype, choose_threshold, fit_temperature,
-                       pneumonia_score, predict_logits, probabilities)
+from .errors import InputError, RunError
+from .inference import autocast_dtype, predict_logits
+from .logits import probabilities, write_predictions
 from .losses import build_criterion
 from .models import check_input_size, create_model, default_normalization, normalize
+from .settings import TrainSettings
 from .utils import resolve_device, set_determinism
 
 log = logging.getLogger(__name__)
 
-#: Defaults of the ``train`` params section; ``train.binary`` / ``train.3class`` override any
-#: of them for one task (e.g. fewer epochs for the 3-class fine-tune).
-DEFAULT_PARAMS: dict[str, Any] = {
-    "archs": ["resnet18"],
-    "weights": "none",
-    "input_size": None,
-    "epochs": 15,
-    "batch_size": 32,
-    "optimizer": "adamw",
-    "lr": 2e-3,
-    "momentum": 0.9,
-    "weight_decay": 0.05,
-    "schedule": "onecycle",
-    "warmup": 0.2,
-    "step_size": 10,
-    "step_gamma": 0.1,
-    "loss": "cross_entropy",
-    "focal_alpha": 0.25,
-    "focal_gamma": 2.0,
-    "class_weights": "balanced",
-    "label_smoothing": 0.1,
-    "balanced_sampler": False,
-    "augment": {"scale": [0.6, 1.0], "ratio": [0.8, 1.25], "hflip": 0.5, "rotation": 10.0,
-                "brightness": 0.2, "contrast": 0.2},
-    "precision": "auto",
-    "channels_last": True,
-    "eval_batch_size": 128,
-    "select": "val_auroc",
-    "threshold": {"rule": "youden", "target_sensitivity": 0.95},
-    "progress": False,
-}
-TASK_OVERRIDES = ("binary", "3class")
 SELECT = ("val_auroc", "val_loss", "val_accuracy")
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-                   "val_auroc", "lr", "seconds", "images_per_s")
-
-
-# ----------------------------------------------------------------------------- params
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(f"train params: {msg}")
-
-
-def check_params(p: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate a merged train params mapping; ValueError naming the key and the allowed range."""
-    p = dict(p)
-    unknown = set(p) - set(DEFAULT_PARAMS)
-    _check(not unknown, f"unknown keys {sorted(unknown)}; known: {sorted(DEFAULT_PARAMS)}")
-    _check(isinstance(p["epochs"], int) and p["epochs"] >= 1, f"epochs must be an integer >= 1, got {p['epochs']}")
-    _check(isinstance(p["batch_size"], int) and p["batch_size"] >= 2,
-           f"batch_size must be an integer >= 2 (batch norm), got {p['batch_size']}")
-    _check(isinstance(p["eval_batch_size"], int) and p["eval_batch_size"] >= 1,
-           f"eval_batch_size must be an integer >= 1, got {p['eval_batch_size']}")
-    _check(p["input_size"] is None or (isinstance(p["input_size"], int) and p["input_size"] >= 16),
-           f"input_size must be null (the prepared crop) or an integer >= 16, got {p['input_size']}")
-    _check(p["optimizer"] in ("sgd", "adamw"), f"optimizer must be sgd or adamw, got {p['optimizer']!r}")
-    _check(p["lr"] > 0 and p["lr"] <= 10, f"lr must be in (0, 10], got {p['lr']}")
-    _check(0 <= p["momentum"] < 1, f"momentum must be in [0, 1), got {p['momentum']}")
-    _check(p["weight_decay"] >= 0, f"weight_decay must be >= 0, got {p['weight_decay']}")
-    _check(p["schedule"] in ("onecycle", "step", "constant"),
-           f"schedule must be onecycle, step or constant, got {p['schedule']!r}")
-    _check(0 < p["warmup"] < 1, f"warmup (share of one-cycle steps rising) must be in (0, 1), got {p['warmup']}")
-    _check(isinstance(p["step_size"], int) and p["step_size"] >= 1, f"step_size must be >= 1, got {p['step_size']}")
-    _check(0 < p["step_gamma"] <= 1, f"step_gamma must be in (0, 1], got {p['step_gamma']}")
-    _check(p["loss"] in ("focal", "cross_entropy"), f"loss must be focal or cross_entropy, got {p['loss']!r}")
-    _check(p["focal_gamma"] >= 0, f"focal_gamma must be >= 0, got {p['focal_gamma']}")
-    _check(0 <= p["focal_alpha"] <= 1, f"focal_alpha must be in [0, 1], got {p['focal_alpha']}")
-    _check(p["class_weights"] in ("none", "balanced"),
-           f"class_weights must be none or balanced, got {p['class_weights']!r}")
-    _check(0 <= p["label_smoothing"] < 1, f"label_smoothing must be in [0, 1), got {p['label_smoothing']}")
-    _check(p["precision"] in ("auto", "fp32", "bf16", "fp16"),
-           f"precision must be auto, fp32, bf16 or fp16, got {p['precision']!r}")
-    _check(p["select"] in SELECT, f"select must be one of {SELECT}, got {p['select']!r}")
-    thr = p["threshold"]
-    _check(isinstance(thr, Mapping) and thr.get("rule") in THRESHOLD_RULES,
-           f"threshold.rule must be one of {THRESHOLD_RULES}, got {thr!r}")
-    _check(0 < thr.get("target_sensitivity", 0.95) <= 1,
-           f"threshold.target_sensitivity must be in (0, 1], got {thr.get('target_sensitivity')}")
-    _check(isinstance(p["archs"], (list, tuple)) and len(p["archs"]) > 0,
-           f"archs must be a non-empty list, got {p['archs']!r}")
-    Augment.from_params(p["augment"])  # raises ValueError naming the augment key
-    return p
-
-
-def task_params(train_params: Mapping[str, Any], task: str) -> dict[str, Any]:
-    """Defaults <- ``train`` section <- ``train.<task>`` overrides, validated."""
-    check_task(task)
-    base = {k: v for k, v in train_params.items() if k not in TASK_OVERRIDES}
-    p = deep_merge(DEFAULT_PARAMS, base)
-    p = deep_merge(p, train_params.get(task) or {})
-    return check_params(p)
+                   "val_auroc", "lr")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> ``bf16`` where it is native (CUDA with bf16, CPU with AVX512-BF16/AMX),
     ``fp16`` on older CUDA GPUs (with loss scaling), else ``fp32``. ``fp16`` needs CUDA."""
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("train.precision fp16 needs a CUDA device (loss-scaled half precision); "
+        raise InputError("train.precision fp16 needs a CUDA device (loss-scaled half precision); "
                          "use bf16 or fp32 on CPU")
     if precision != "auto":
         return precision
@@ -163,30 +79,30 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 # ----------------------------------------------------------------------------- building blocks
 
 
-def make_optimizer(model: torch.nn.Module, p: Mapping[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, p: TrainSettings) -> torch.optim.Optimizer:
     """SGD with momentum (the study) or AdamW; weight decay on every parameter, as in the study."""
-    if p["optimizer"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=p["lr"], momentum=p["momentum"],
-                               weight_decay=p["weight_decay"])
-    return torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
+    if p.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum,
+                               weight_decay=p.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, p: Mapping[str, Any],
+def make_scheduler(optimizer: torch.optim.Optimizer, p: TrainSettings,
                    steps_per_epoch: int) -> tuple[torch.optim.lr_scheduler.LRScheduler | None, str]:
     """``(scheduler, when)``: one-cycle stepped per batch, StepLR per epoch, or none."""
-    if p["schedule"] == "onecycle":
-        total = p["epochs"] * steps_per_epoch
-        if p["warmup"] * total <= 1:
-            raise ValueError(
+    if p.schedule == "onecycle":
+        total = p.epochs * steps_per_epoch
+        if p.warmup * total <= 1:
+            raise InputError(
                 f"train params: the one-cycle schedule needs warmup * epochs * batches per epoch "
-                f"> 1, got {p['warmup']} * {p['epochs']} * {steps_per_epoch}; train longer, use "
+                f"> 1, got {p.warmup} * {p.epochs} * {steps_per_epoch}; train longer, use "
                 "a smaller batch_size, or schedule: constant")
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=p["lr"], total_steps=p["epochs"] * steps_per_epoch,
-            pct_start=p["warmup"], cycle_momentum=False), "batch"
-    if p["schedule"] == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=p["step_size"],
-                                               gamma=p["step_gamma"]), "epoch"
+            optimizer, max_lr=p.lr, total_steps=total, pct_start=p.warmup,
+            cycle_momentum=False), "batch"
+    if p.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=p.step_size,
+                                               gamma=p.step_gamma), "epoch"
     return None, "never"
 
 
@@ -234,7 +150,7 @@ def train_one_epoch(
             logits = model(x)
         loss = criterion(logits.float(), y)
         if not torch.isfinite(loss):
-            raise RuntimeError(f"training diverged: loss is {loss.item()} (lower train.lr)")
+            raise RunError(f"training diverged: loss is {loss.item()} (lower train.lr)")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -311,12 +227,13 @@ def fit(
     *,
     arch: str,
     task: str,
-    params: Mapping[str, Any],
+    params: TrainSettings | Mapping[str, Any] | None,
     model_path: str | Path,
     history_path: str | Path,
+    val_predictions_path: str | Path | None = None,
     seed: int = 0,
     device: str = "cpu",
-    init: str | Path | None = None,
+    init: str | Path = "none",
     data_source: str = "unknown",
     resume: bool = True,
     resume_root: str | Path | None = None,
@@ -327,49 +244,51 @@ def fit(
     """Train ``arch`` for ``task`` on ``train``, select on ``val``, write ``best.pt`` and history.
 
     Args:
-        params: train params of this task (:func:`task_params` output, or a partial mapping
-            merged over :data:`DEFAULT_PARAMS`).
-        init: a ``best.pt`` of the same architecture to start from (the 3-class model starts
-            from the binary one; its head is replaced); default ``params["weights"]``.
+        params: the task's recipe (:class:`~pneumocxr.settings.TrainSettings`, or a mapping of
+            ``train`` keys completed by the schema's defaults).
+        init: ``none`` (from scratch), ``imagenet``, or a ``best.pt`` of the same architecture
+            to start from (the three-class model starts from the binary one; its head is
+            replaced).
+        val_predictions_path: where to write the selected model's val logits (the input of
+            the ``calibrate`` stage).
         resume: continue from the resume cache when it holds a matching state.
         on_epoch_end: called with ``(epoch, history_row)`` after the epoch's state is saved.
 
-    Returns a summary: best epoch, its val metrics, temperature, threshold, paths.
+    Returns a summary: best epoch, its val metrics, paths, training seconds.
     """
     class_names = check_task(task)
-    p = check_params(deep_merge(DEFAULT_PARAMS, params))
+    p = TrainSettings.for_task(params, task) if not isinstance(params, TrainSettings) else params
     for ds in (train, val):
         if list(ds.class_names) != list(class_names):
-            raise ValueError(f"{ds.name}: classes {ds.class_names} do not match task {task} "
+            raise InputError(f"{ds.name}: classes {ds.class_names} do not match task {task} "
                              f"({list(class_names)})")
     missing = [class_names[c] for c in range(len(class_names)) if c not in set(val.labels.tolist())]
     if missing:
-        raise ValueError(f"{val.name}: no {missing} image(s) in the validation split; model "
+        raise InputError(f"{val.name}: no {missing} image(s) in the validation split; model "
                          "selection and calibration need every class (raise data.val_fraction)")
     h, w = train.image_size
     if val.image_size != (h, w):
-        raise ValueError(f"train images are {h}x{w} but val images {val.image_size}; rerun prepare")
-    input_size = p["input_size"] or h
+        raise InputError(f"train images are {h}x{w} but val images {val.image_size}; rerun prepare")
+    input_size = p.input_size or h
     check_input_size(arch, input_size)
-    if len(train) < p["batch_size"]:
-        raise ValueError(f"{train.name}: {len(train)} images, fewer than train.batch_size "
-                         f"({p['batch_size']})")
+    if len(train) < p.batch_size:
+        raise InputError(f"{train.name}: {len(train)} images, fewer than train.batch_size "
+                         f"({p.batch_size})")
     dev = resolve_device(device)
-    precision = resolve_precision(p["precision"], dev)
-    weights = str(init) if init is not None else str(p["weights"])
+    precision = resolve_precision(p.precision, dev)
+    weights = str(init)
     init_meta = None
     if weights not in ("none", "imagenet"):
-        from .checkpoint import load_checkpoint
-        init_meta = load_checkpoint(weights)["meta"]
+        init_meta = load_checkpoint(weights, kind="classifier")["meta"]
         if init_meta.get("arch") != arch:
-            raise ValueError(
+            raise InputError(
                 f"{weights}: checkpoint of architecture {init_meta.get('arch')!r} cannot "
                 f"initialise {arch!r}; use the {arch} checkpoint (models/binary/{arch}/best.pt)")
     normalization = (dict(init_meta["normalization"]) if init_meta and "normalization" in init_meta
                      else default_normalization(1))
+    recipe = p.as_dict()
     key_parts = {
-        "task": task, "arch": arch, "seed": seed,
-        "params": {k: v for k, v in p.items() if k != "progress"}, "device": dev.type,
+        "task": task, "arch": arch, "seed": seed, "params": recipe, "device": dev.type,
         "precision": precision, "threads": torch.get_num_threads(),
         "data": _fingerprint(train, val),
         "init": file_sha256(weights) if init_meta is not None else weights,
@@ -380,18 +299,17 @@ def fit(
 
     set_determinism(seed)
     model = create_model(arch, len(class_names), in_chans=1, weights=weights).to(dev)
-    if p["channels_last"]:
+    if p.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = build_criterion(
-        p["loss"], train.class_counts(), focal_alpha=p["focal_alpha"],
-        focal_gamma=p["focal_gamma"], class_weighting=p["class_weights"],
-        label_smoothing=p["label_smoothing"]).to(dev)
-    steps = len(train) // p["batch_size"]
+        p.loss, train.class_counts(), focal_alpha=p.focal_alpha, focal_gamma=p.focal_gamma,
+        class_weighting=p.class_weights, label_smoothing=p.label_smoothing).to(dev)
+    steps = len(train) // p.batch_size
     optimizer = make_optimizer(model, p)
     scheduler, when = make_scheduler(optimizer, p, steps)
     generator = torch.Generator().manual_seed(seed)
-    augment = Augment.from_params(p["augment"])
-    sample_weights = balanced_sample_weights(train.labels) if p["balanced_sampler"] else None
+    augment = Augment.from_params(p.augment)
+    sample_weights = balanced_sample_weights(train.labels) if p.balanced_sampler else None
     scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
 
     history: list[dict[str, float]] = []
@@ -409,32 +327,33 @@ def fit(
         generator.set_state(state["generator"])
         history, best, start = state["history"], state["best"], state["epoch"] + 1
         log.info("resuming %s/%s from %s after epoch %d of %d", task, arch, cache.dir,
-                 state["epoch"], p["epochs"])
+                 state["epoch"], p.epochs)
     else:
         log.info("training %s/%s: %d train / %d val images, %dx%d px, %s, %s, resume cache %s",
                  task, arch, len(train), len(val), input_size, input_size, precision,
                  weights, cache.dir)
 
-    for epoch in range(start, p["epochs"] + 1):
+    seconds = 0.0
+    for epoch in range(start, p.epochs + 1):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         tr = train_one_epoch(
             model, train, criterion, optimizer, normalization=normalization,
-            batch_size=p["batch_size"], generator=generator, augment=augment,
+            batch_size=p.batch_size, generator=generator, augment=augment,
             input_size=input_size, scheduler=scheduler if when == "batch" else None,
             sample_weights=sample_weights, precision=precision,
-            channels_last=p["channels_last"], progress=progress, scaler=scaler)
+            channels_last=p.channels_last, progress=progress, scaler=scaler)
         if when == "epoch":
             scheduler.step()
         logits = predict_logits(model, val, normalization=normalization,
-                                batch_size=p["eval_batch_size"], input_size=input_size,
-                                precision=precision, channels_last=p["channels_last"])
+                                batch_size=p.eval_batch_size, input_size=input_size,
+                                precision=precision, channels_last=p.channels_last)
         vm = val_metrics(logits, val.labels, criterion)
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
                "val_loss": vm["loss"], "val_accuracy": vm["accuracy"], "val_auroc": vm["auroc"],
-               "lr": lr, "seconds": time.perf_counter() - t0, "images_per_s": tr["images_per_s"]}
+               "lr": lr}
         history.append(row)
-        score = _selection_score(p["select"], vm)
+        score = _selection_score(p.select, vm)
         if best["score"] is None or score > tuple(best["score"]):
             best = {"epoch": epoch, "score": list(score), "metrics": vm}
             atomic_save({"epoch": epoch, "model": _cpu_state(model)}, best_file)
@@ -445,101 +364,81 @@ def fit(
             "rng": rng_state(), "generator": generator.get_state(), "best": best,
             "history": history, "key": key_parts,
         })
+        took = time.perf_counter() - t0
+        seconds += took
         log.info("%s/%s epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f auroc "
-                 "%.4f | lr %.2e | %.0f s, %.1f img/s%s", task, arch, epoch, p["epochs"],
+                 "%.4f | lr %.2e | %.0f s, %.1f img/s%s", task, arch, epoch, p.epochs,
                  tr["loss"], tr["accuracy"], vm["loss"], vm["accuracy"], vm["auroc"], lr,
-                 row["seconds"], row["images_per_s"], " *" if best["epoch"] == epoch else "")
+                 took, tr["images_per_s"], " *" if best["epoch"] == epoch else "")
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
 
     saved = torch.load(best_file, map_location="cpu", weights_only=False)
     if saved["epoch"] != best["epoch"]:
-        raise RuntimeError(f"{best_file}: holds epoch {saved['epoch']} but the resume state says "
-                           f"the best epoch is {best['epoch']}; delete {cache.dir} and rerun")
+        raise RunError(f"{best_file}: holds epoch {saved['epoch']} but the resume state says "
+                       f"the best epoch is {best['epoch']}; delete {cache.dir} and rerun")
     model.load_state_dict(saved["model"])
-    logits = predict_logits(model, val, normalization=normalization,
-                            batch_size=p["eval_batch_size"], input_size=input_size,
-                            precision=precision, channels_last=p["channels_last"])
-    temperature = fit_temperature(logits, val.labels)
-    threshold = choose_threshold((val.labels != 0).astype(int),
-                                 pneumonia_score(probabilities(logits, temperature)),
-                                 p["threshold"]["rule"], p["threshold"].get("target_sensitivity", 0.95))
-    threshold["score"] = "p(pneumonia) = 1 - p(normal), after temperature scaling"
+    if val_predictions_path is not None:
+        logits = predict_logits(model, val, normalization=normalization,
+                                batch_size=p.eval_batch_size, input_size=input_size,
+                                precision=precision, channels_last=p.channels_last)
+        write_predictions(val_predictions_path, logits, val)
     meta = {
         "arch": arch, "task": task, "class_names": list(class_names), "in_chans": 1,
         "input_size": int(input_size), "normalization": normalization,
         "normalization_note": "x = (uint8 / 255 - mean) / std, applied outside the model",
-        "operating_threshold": threshold, "temperature": temperature,
-        "best_epoch": best["epoch"], "val": best["metrics"], "select": p["select"],
-        "params": p, "seed": seed, "precision": precision, "channels_last": p["channels_last"],
+        "best_epoch": best["epoch"], "val": best["metrics"], "select": p.select,
+        "params": recipe, "seed": seed, "precision": precision, "channels_last": p.channels_last,
         "threads": torch.get_num_threads(), "device": dev.type,
         "init": weights, "init_sha256": key_parts["init"] if init_meta is not None else None,
         "versions": library_versions(), "data_source": data_source,
         "data_fingerprint": key_parts["data"], "n_train": len(train), "n_val": len(val),
         "preprocess": dict(preprocess) if preprocess else None,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    atomic_save({"model": _cpu_state(model), "meta": meta}, model_path)
+    save_checkpoint(model_path, _cpu_state(model), meta, kind="classifier")
     write_history(history, history_path)
-    log.info("%s/%s: best epoch %d (val %s), temperature %.3f, threshold %.3f (%s) -> %s",
-             task, arch, best["epoch"], {k: round(v, 4) for k, v in best["metrics"].items()},
-             temperature, threshold["value"], threshold["rule"], model_path)
-    return {"best_epoch": best["epoch"], "val": best["metrics"], "temperature": temperature,
-            "threshold": threshold, "model_path": str(model_path),
+    log.info("%s/%s: best epoch %d (val %s) -> %s", task, arch, best["epoch"],
+             {k: round(v, 4) for k, v in best["metrics"].items()}, model_path)
+    return {"best_epoch": best["epoch"], "val": best["metrics"], "model_path": str(model_path),
             "history_path": str(history_path), "resume_dir": str(cache.dir),
-            "seconds": float(sum(r["seconds"] for r in history))}
+            "seconds": seconds}
 
 
 def run_training(
     processed_dir: str | Path,
-    model_path: str | Path,
-    history_path: str | Path,
+    outputs: Mapping[str, str | Path],
     *,
     task: str,
     arch: str,
-    train_params: Mapping[str, Any],
+    train_params: TrainSettings | Mapping[str, Any] | None,
     seed: int = 0,
     device: str = "auto",
-    init: str | Path | None = None,
+    init: str | Path = "none",
     resume_root: str | Path | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """The ``train`` stage: ``train`` + ``val`` splits of the prepared data -> best.pt, history.
+    """The ``train`` stage: ``train`` + ``val`` splits of the prepared data -> ``outputs``
+    ``model`` (best.pt), ``history`` (CSV) and ``val_predictions`` (CSV, for ``calibrate``).
 
-    ``train_params`` is the whole ``train`` params section (task overrides resolved here).
+    ``train_params`` is the ``train`` section, or the part the stage was given: the recipe
+    keys and ``train.<task>`` (the task's overrides are merged here). ``init`` is where the
+    weights start: ``train.weights`` for the binary model, the binary ``best.pt`` for the
+    three-class one.
     """
-    p = task_params(train_params, task)
-    if arch not in p["archs"]:
-        log.warning("architecture %s is not in train.archs %s", arch, p["archs"])
+    p = TrainSettings.for_task(train_params, task)
     train, source = load_task_split(processed_dir, "train", task)
     val, _ = load_task_split(processed_dir, "val", task)
-    if task == "3class" and init is None and p["weights"] != "none":
-        log.info("3class/%s starts from weights=%s, not from a binary checkpoint", arch, p["weights"])
-    return fit(train, val, arch=arch, task=task, params=p, model_path=model_path,
-               history_path=history_path, seed=seed, device=device, init=init,
-               data_source=source, resume_root=resume_root,
-               progress=progress or bool(p["progress"]),
+    return fit(train, val, arch=arch, task=task, params=p, model_path=outputs["model"],
+               history_path=outputs["history"],
+               val_predictions_path=outputs.get("val_predictions"), seed=seed, device=device,
+               init=init, data_source=source, resume_root=resume_root, progress=progress,
                preprocess=preprocess_meta(processed_dir, "plain"))
-
-
-def task_arch_from_path(path: str | Path) -> tuple[str, str]:
-    """``models/<task>/<arch>/best.pt`` -> ``(task, arch)``, both validated."""
-    from .models import get_model_spec
-
-    parts = Path(path).parts
-    if len(parts) < 3:
-        raise ValueError(f"{path}: expected .../<task>/<arch>/<file> to name the task and "
-                         "architecture (or pass them as params task/arch)")
-    task, arch = parts[-3], parts[-2]
-    check_task(task)
-    get_model_spec(arch)
-    return task, arch
 
 
 def subsample_by_patient(ds: ArrayDataset, n: int, seed: int = 0) -> ArrayDataset:
     """About ``n`` images of ``ds`` taken as whole patients in a seeded random order."""
     if ds.patients is None:
-        raise ValueError(f"{ds.name}: no patient ids to subsample by")
+        raise InputError(f"{ds.name}: no patient ids to subsample by")
     rng = np.random.default_rng(seed)
     uniq = np.unique(ds.patients)
     keep = np.zeros(len(ds), dtype=bool)
@@ -551,37 +450,3 @@ def subsample_by_patient(ds: ArrayDataset, n: int, seed: int = 0) -> ArrayDatase
     meta = None if ds.meta is None else ds.meta.iloc[idx].reset_index(drop=True)
     return ArrayDataset(ds.images[idx], ds.labels[idx], ds.class_names, ds.patients[idx],
                         name=f"{ds.name} [{len(idx)} of {len(ds)}]", meta=meta)
-
-
-def smoke_run(
-    processed_dir: str | Path,
-    workdir: str | Path,
-    *,
-    task: str = "binary",
-    arch: str = "resnet18",
-    n_train: int = 500,
-    epochs: int = 2,
-    input_size: int = 64,
-    seed: int = 0,
-    n_boot: int = 50,
-) -> dict[str, Any]:
-    """A short real-data run for CI: ~``n_train`` train images, ``epochs``, ``input_size`` px.
-
-    Trains on a patient subsample, evaluates on the full val/test splits and returns the
-    evaluation metrics (e.g. ``metrics["test"]["auroc"]["value"]``). Writes only in ``workdir``.
-    """
-    from .evaluate import evaluate_checkpoint
-
-    workdir = Path(workdir)
-    train, source = load_task_split(processed_dir, "train", task)
-    val, _ = load_task_split(processed_dir, "val", task)
-    train = subsample_by_patient(train, n_train, seed)
-    p = task_params({"epochs": epochs, "input_size": input_size, "batch_size": 32,
-                     "precision": "fp32"}, task)
-    model_path = workdir / "models" / task / arch / "best.pt"
-    fit(train, val, arch=arch, task=task, params=p, model_path=model_path,
-        history_path=workdir / "history.csv", seed=seed, device="cpu", data_source=source,
-        resume=False, resume_root=workdir / "resume")
-    metrics, _ = evaluate_checkpoint(model_path, processed_dir, task=task, arch=arch,
-                                     splits=("val", "test"), n_boot=n_boot, seed=seed)
-    return metrics

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import random
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+
+from .errors import InputError, RunError
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +44,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device: cuda was requested but no CUDA GPU is visible; use auto or cpu")
+        raise RunError("device: cuda was requested but no CUDA GPU is visible; use auto or cpu")
     if name not in ("cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, not {name!r}")
+        raise InputError(f"device must be auto, cpu or cuda, not {name!r}")
     return torch.device(name)
 
 
@@ -72,3 +76,11 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON (NaN -> null, so every reader accepts it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable(obj), indent=2) + "\n")
+    return path

@@ -1,23 +1,35 @@
-"""Keep the DVC twin and the conda envs generated from their one source of truth.
+"""Keep the DVC twin, the conda env and the code-dependency table generated from their sources.
 
 * ``dvc.yaml`` is generated from the Snakemake workflow: one DVC stage per Snakemake job of
-  ``all`` (plus the demo-data job), with the same script, inputs, outputs and params sections.
-  Outputs named ``metrics*`` or ``summary`` become DVC metrics; PNG figures and ``history``
-  CSVs become DVC plots; everything else is an ordinary out. A path under a directory that a
-  param names (``data.root``) becomes a templated dependency (``${data.root}``), so
-  ``dvc exp run -S data.root=...`` follows the param.
+  ``all`` (plus the demo-data job), with the same script, inputs, outputs, params keys and
+  library code. A rule's params name the exact dotted keys its step reads
+  (``train.epochs``, ``anomaly.score``, ...); the stage lists the same keys, and its command
+  passes them (``--params``) so the script reads exactly those. Outputs named ``metrics*`` or
+  ``summary`` become DVC metrics; PNG figures and ``history`` CSVs become DVC plots. A path
+  under a directory that a param names (``data.root``) becomes a templated dependency
+  (``${data.root}``), so ``dvc exp run -S data.root=...`` follows the param.
+* Code is a dependency: :func:`code_deps` is the import closure of a script within
+  ``src/pneumocxr`` (every module it imports, directly or through other modules, at any depth
+  and inside functions too). Snakemake rules take it as their ``code`` input and DVC stages as
+  deps, so editing a module reruns exactly the stages that run it, under both engines.
+  ``docs/code_dependencies.md`` tabulates it per module.
 * ``workflow/envs/pneumocxr.yaml`` (for ``snakemake --use-conda``) is generated from the exact
-  pins in ``requirements.txt``.
+  pins in ``requirements.txt``; ``pneumocxr.post-deploy.sh`` beside it installs the project.
+
+dvc.yaml holds the stages of one set of architectures and tasks (:func:`~pneumocxr.config.
+dag_structure` of params.yaml); each command carries them (``--dag``) and refuses a params
+file that asks for others, naming the key and the fix (regenerate).
 
 Usage::
 
-    python -m pneumocxr.workflow_sync            # rewrite dvc.yaml and the env file
-    python -m pneumocxr.workflow_sync --check    # exit 1 (with a diff) if either is stale
+    python -m pneumocxr.workflow_sync            # rewrite the generated files
+    python -m pneumocxr.workflow_sync --check    # exit 1 (with a diff) if one is stale
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import difflib
 import os
@@ -26,19 +38,111 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
 
 import yaml
 
-from .config import flatten
+from .config import dag_structure, flatten
+from .errors import InputError
 
 DEMO_ROOT = "data/demo/chest_xray"
 ENV_FILE = Path("workflow/envs/pneumocxr.yaml")
+CODE_TABLE = Path("docs/code_dependencies.md")
+PACKAGE_DIR = Path("src/pneumocxr")
 HEADER = (
     "# GENERATED from the Snakemake workflow by `python -m pneumocxr.workflow_sync`\n"
-    "# (`make dvc.yaml`); do not edit by hand. tests/test_workflow_sync.py checks it is current.\n"
+    "# (`make dvc.yaml`); do not edit by hand. tests/test_workflow.py checks it is current.\n"
 )
 DRIVERS = {"snakemake", "dvc"}  # run the workflow; not needed inside a rule's env
+#: the input name that carries a script's library modules (deps, not passed to the script)
+CODE_INPUT = "code"
+#: the param name that stands for every key of the params file
+ALL_PARAMS = "all"
+
+
+class CodeDepsError(InputError):
+    """A script's import closure cannot be computed (missing package folder or module)."""
+
+
+# ----------------------------------------------------------------------------- code deps
+
+
+def _module_file(package_dir: Path, dotted: str) -> Path | None:
+    """``pneumocxr.data.arrays`` -> ``src/pneumocxr/data/arrays.py`` (or the package's
+    ``__init__.py``); None when no such module file exists (a name imported from a module)."""
+    parts = dotted.split(".")[1:]
+    base = package_dir.joinpath(*parts) if parts else package_dir
+    if base.with_suffix(".py").is_file() and parts:
+        return base.with_suffix(".py")
+    if (base / "__init__.py").is_file():
+        return base / "__init__.py"
+    return None
+
+
+def _imports(path: Path, package_dir: Path | None = None) -> set[str]:
+    """Dotted ``pneumocxr...`` modules a file imports (absolute or relative, at any depth,
+    including imports inside functions). ``package_dir`` places a library file for its
+    relative imports (None: a script outside the package, absolute imports only)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = (list(path.relative_to(package_dir.parent).parts[:-1])
+               if package_dir is not None else [])
+    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                   and "TYPE_CHECKING" in ast.unparse(block.test)
+                   for stmt in block.body for n in ast.walk(stmt)}
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:  # annotations only: never runs
+            continue
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "pneumocxr")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.split(".")[0] != "pneumocxr":
+                continue
+            found.add(mod)
+            found.update(f"{mod}.{a.name}" for a in node.names)  # submodules imported by name
+    return found
+
+
+def code_deps(script: str | Path, package_dir: str | Path = PACKAGE_DIR) -> list[str]:
+    """The library modules ``script`` runs: its import closure within ``package_dir``.
+
+    Importing ``pneumocxr.a.b`` runs ``pneumocxr/__init__.py`` and ``pneumocxr/a/__init__.py``
+    too, so those are in it. Returned as sorted paths relative to the working directory.
+    """
+    package_dir = Path(package_dir)
+    if not (package_dir / "__init__.py").is_file():
+        raise CodeDepsError(f"{package_dir}: the pneumocxr package sources are not here; run the "
+                            "workflow from the repository root (where src/pneumocxr lives)")
+    script = Path(script)
+    if not script.is_file():
+        raise CodeDepsError(f"{script}: script not found")
+    todo = [script]
+    seen_files: set[Path] = set()
+    while todo:
+        path = todo.pop()
+        mods = _imports(path, package_dir if path != script else None)
+        for mod in mods:
+            parts = mod.split(".")
+            for i in range(1, len(parts) + 1):  # every package on the way runs its __init__
+                f = _module_file(package_dir, ".".join(parts[:i]))
+                if f is not None and f not in seen_files:
+                    seen_files.add(f)
+                    todo.append(f)
+    # package data a module reads (the params schema): a dependency of the modules naming it
+    data_files = [f for f in package_dir.rglob("*") if f.is_file()
+                  and f.suffix not in (".py", ".pyc") and "__pycache__" not in f.parts]
+    for f in list(seen_files):
+        text = f.read_text()
+        seen_files.update(d for d in data_files if f'"{d.name}"' in text)
+    return sorted(str(f) for f in seen_files)
+
+
+# ----------------------------------------------------------------------------- Snakemake jobs
 
 
 @dataclass
@@ -50,7 +154,7 @@ class JobSpec:
     output: dict[str, str]
     log: str | None
     threads: int
-    params: list[str]
+    params: dict[str, Any]
 
 
 def snakemake_jobs(snakefile: str | Path = "Snakefile", params_file: str | Path = "params.yaml"
@@ -81,18 +185,18 @@ def snakemake_jobs(snakefile: str | Path = "Snakefile", params_file: str | Path 
                 if job.rule.name == "all":
                     continue
                 if not job.rule.script:
-                    raise ValueError(f"rule {job.rule.name}: only script: rules can have a DVC twin")
+                    raise InputError(f"rule {job.rule.name}: only script: rules can have a DVC twin")
                 script = os.path.normpath(os.path.join(
                     os.path.relpath(job.rule.basedir), str(job.rule.script)))
                 inputs = {}
                 for name, value in job.input._allitems():
                     if name is None:
-                        raise ValueError(f"rule {job.rule.name}: name every input")
+                        raise InputError(f"rule {job.rule.name}: name every input")
                     inputs[name] = [str(v) for v in value] if isinstance(value, list) else [str(value)]
                 outputs = {}
                 for name, value in job.output._allitems():
                     if name is None:
-                        raise ValueError(f"rule {job.rule.name}: name every output")
+                        raise InputError(f"rule {job.rule.name}: name every output")
                     outputs[name] = str(value)
                 specs.append(JobSpec(
                     rule=job.rule.name,
@@ -102,10 +206,43 @@ def snakemake_jobs(snakefile: str | Path = "Snakefile", params_file: str | Path 
                     output=outputs,
                     log=str(job.log[0]) if len(job.log) else None,
                     threads=int(job.threads),
-                    params=list(job.params.keys()),
+                    params=dict(job.params.items()),
                 ))
     specs.sort(key=lambda s: (s.rule, sorted(s.wildcards.items())))
     return specs, config
+
+
+def params_keys(params: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """The fewest dotted keys of ``config`` that a rule's params cover, e.g. a ``train`` param
+    holding the recipe keys -> ``train.epochs``, ``train.lr``, ..., ``train.binary``.
+
+    A param's name is a top-level key of the config and its value a part of that key's value
+    (whole sections stay one key); ``all`` stands for the whole params file.
+    """
+    keys: list[str] = []
+
+    def walk(prefix: str, part: Any, full: Any) -> None:
+        if part == full:
+            keys.append(prefix)
+        elif isinstance(part, Mapping) and isinstance(full, Mapping) and set(part) <= set(full):
+            for k in part:
+                walk(f"{prefix}.{k}", part[k], full[k])
+        else:
+            raise InputError(f"param {prefix} = {part!r} is not the config's value there "
+                             f"({full!r}); a rule's params must be parts of the config")
+
+    for name, value in params.items():
+        if name == ALL_PARAMS:
+            keys.append(ALL_PARAMS)
+            continue
+        if name not in config:
+            raise InputError(f"param {name!r} is not a params key: a rule passes parts of the "
+                             "config (wildcards carry task and arch)")
+        walk(name, value, config[name])
+    return keys
+
+
+# ----------------------------------------------------------------------------- dvc.yaml
 
 
 def _templated(path: str, config_paths: dict[str, str]) -> str:
@@ -125,7 +262,10 @@ def _category(name: str, path: str) -> str:
 
 
 def stage_name(spec: JobSpec) -> str:
-    parts = [spec.rule] + [re.sub(r"[^A-Za-z0-9_-]", "-", v) for v in spec.wildcards.values()]
+    """``rule_<wildcard values>``, leaving out values the rule's name already says
+    (``evaluate_binary`` of task binary, arch resnet18 -> ``evaluate_binary_resnet18``)."""
+    values = [re.sub(r"[^A-Za-z0-9_-]", "-", v) for v in spec.wildcards.values()]
+    parts = [spec.rule] + [v for v in values if not spec.rule.endswith(f"_{v}")]
     return "_".join(parts)
 
 
@@ -133,6 +273,7 @@ def dvc_stages(specs: list[JobSpec], config: dict[str, Any]) -> dict[str, Any]:
     # Params that name paths (for templated deps): string values that look like paths.
     config_paths = {k: v for k, v in flatten(config).items()
                     if isinstance(v, str) and "/" in v and k.endswith("root")}
+    dag_words = [f"{k}={','.join(v)}" for k, v in dag_structure(config).items()]
     stages: dict[str, Any] = {}
     for spec in specs:
         deps = [spec.script]
@@ -140,19 +281,24 @@ def dvc_stages(specs: list[JobSpec], config: dict[str, Any]) -> dict[str, Any]:
         for name, paths in spec.input.items():
             templ = sorted({_templated(p, config_paths) for p in paths})
             deps.extend(t for t in templ if t not in deps)
-            cmd_inputs.extend(f"{name}={t}" for t in templ)
+            if name != CODE_INPUT:
+                cmd_inputs.extend(f"{name}={t}" for t in templ)
+        keys = params_keys(spec.params, config)
         cmd = ["python", spec.script, "--rule", spec.rule]
+        if spec.wildcards:
+            cmd += ["--wildcards", *[f"{k}={v}" for k, v in spec.wildcards.items()]]
         if cmd_inputs:
             cmd += ["--input", *cmd_inputs]
         cmd += ["--output", *[f"{n}={p}" for n, p in spec.output.items()]]
         if spec.log:
             cmd += ["--log", spec.log]
         cmd += ["--threads", str(spec.threads)]
-        if spec.params:
-            cmd += ["--params", *spec.params]
+        if keys:
+            cmd += ["--params", *keys]
+        cmd += ["--dag", *dag_words]
         stage: dict[str, Any] = {"cmd": " ".join(cmd), "deps": deps}
-        if spec.params:
-            stage["params"] = list(spec.params)
+        if keys:
+            stage["params"] = [{"params.yaml": None} if k == ALL_PARAMS else k for k in keys]
         groups: dict[str, list[Any]] = {"outs": [], "metrics": [], "plots": []}
         for name, path in spec.output.items():
             category = _category(name, path)
@@ -167,9 +313,80 @@ def dvc_stages(specs: list[JobSpec], config: dict[str, Any]) -> dict[str, Any]:
     return {"stages": stages}
 
 
-def render_dvc_yaml(snakefile: str | Path = "Snakefile", params_file: str | Path = "params.yaml") -> str:
+def render_dvc_yaml(snakefile: str | Path = "Snakefile", params_file: str | Path = "params.yaml"
+                    ) -> str:
     specs, config = snakemake_jobs(snakefile, params_file)
     return HEADER + yaml.safe_dump(dvc_stages(specs, config), sort_keys=False, width=100)
+
+
+# ----------------------------------------------------------------------------- code table
+
+
+def downstream(stages: Mapping[str, Any]) -> dict[str, set[str]]:
+    """For each stage, every stage that depends on its outputs (transitively)."""
+    producer = {out: name for name, st in stages.items()
+                for out in _declared_outputs(st)}
+    children: dict[str, set[str]] = {name: set() for name in stages}
+    for name, st in stages.items():
+        for dep in st["deps"]:
+            for out, prod in producer.items():
+                if dep == out or dep.startswith(out.rstrip("/") + "/") or \
+                        out.startswith(dep.rstrip("/") + "/"):
+                    children[prod].add(name)
+    closure: dict[str, set[str]] = {}
+
+    def visit(name: str) -> set[str]:
+        if name not in closure:
+            closure[name] = set()
+            for c in children[name]:
+                closure[name] |= {c} | visit(c)
+        return closure[name]
+
+    for name in stages:
+        visit(name)
+    return closure
+
+
+def _declared_outputs(stage: Mapping[str, Any]) -> list[str]:
+    outs = []
+    for key in ("outs", "metrics", "plots"):
+        for o in stage.get(key, []):
+            outs.append(next(iter(o)) if isinstance(o, dict) else o)
+    return outs
+
+
+def code_table(stages: Mapping[str, Any], package_dir: str | Path = PACKAGE_DIR) -> str:
+    """Markdown: per library module, the stages whose code it is (rerun when it changes,
+    under both engines) and, under Snakemake, the stages downstream of those too."""
+    package_dir = Path(package_dir)
+    modules = sorted(str(p) for p in package_dir.rglob("*.py"))
+    down = downstream(stages)
+    lines = [
+        "# What an edit to a library module reruns",
+        "",
+        "GENERATED by `python -m pneumocxr.workflow_sync` from dvc.yaml (the demo DAG: one",
+        "architecture, both tasks); tests/test_workflow.py checks it is current.",
+        "",
+        "*Direct*: the stages whose script imports the module (at any depth): both engines rerun",
+        "them. *Snakemake*: those and every stage downstream of them (Snakemake plans the",
+        "downstream jobs before it knows whether an output changed). DVC reruns a downstream",
+        "stage only when an output it depends on changed, so an edit that leaves outputs",
+        "byte-identical stops after the direct stages.",
+        "",
+        "| module | direct | Snakemake (direct + downstream) | direct stages |",
+        "| --- | --- | --- | --- |",
+    ]
+    for mod in modules:
+        direct = sorted(name for name, st in stages.items() if mod in st["deps"])
+        total = set(direct)
+        for name in direct:
+            total |= down[name]
+        names = ", ".join(direct) if direct else "none (no stage imports it)"
+        lines.append(f"| `{mod}` | {len(direct)} | {len(total)} | {names} |")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- conda env
 
 
 def render_env(requirements: str | Path = "requirements.txt") -> str:
@@ -188,8 +405,9 @@ def render_env(requirements: str | Path = "requirements.txt") -> str:
     }
     return (
         "# GENERATED from requirements.txt by `python -m pneumocxr.workflow_sync`; do not edit.\n"
-        "# For `snakemake --use-conda`. Not built in this project's CI (no conda channel is\n"
-        "# reachable there); the pins are the ones CI installs with pip.\n"
+        "# For `snakemake --use-conda`; pneumocxr.post-deploy.sh beside it installs the project\n"
+        "# itself into the env. Not built in this project's CI (no conda channel is reachable\n"
+        "# there); the pins are the ones CI installs with pip.\n"
         + yaml.safe_dump(env, sort_keys=False)
     )
 
@@ -200,14 +418,19 @@ def _diff(path: Path, new: str) -> str:
                                         str(path), f"{path} (regenerated)"))
 
 
-def main(argv: list[str] | None = None) -> int:
+def generated_files() -> dict[Path, str]:
+    dvc_text = render_dvc_yaml()
+    stages = yaml.safe_load(dvc_text)["stages"]
+    return {Path("dvc.yaml"): dvc_text, ENV_FILE: render_env(), CODE_TABLE: code_table(stages)}
+
+
+def main(argv: Iterable[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
                         help="do not write; exit 1 when a generated file is stale")
-    args = parser.parse_args(argv)
-    outputs = {Path("dvc.yaml"): render_dvc_yaml(), ENV_FILE: render_env()}
+    args = parser.parse_args(None if argv is None else list(argv))
     stale = False
-    for path, text in outputs.items():
+    for path, text in generated_files().items():
         diff = _diff(path, text)
         if not diff:
             continue

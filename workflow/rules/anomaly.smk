@@ -6,6 +6,7 @@
 rule train_autoencoder:
     input:
         processed=PROCESSED,
+        code=code("train_autoencoder.py"),
     output:
         model=f"{MODELS}/autoencoder/best.pt",
         history="results/anomaly/history.csv",
@@ -20,7 +21,7 @@ rule train_autoencoder:
         mem_mb=8000,
         runtime=120,
     params:
-        anomaly=config["anomaly"],
+        anomaly=section("anomaly", "model", "train"),
         seed=config["seed"],
         device=config["device"],
     script:
@@ -31,6 +32,7 @@ rule evaluate_anomaly:
     input:
         model=f"{MODELS}/autoencoder/best.pt",
         processed=PROCESSED,
+        code=code("evaluate_anomaly.py"),
     output:
         metrics="results/anomaly/metrics.json",
         scores="results/anomaly/scores.csv",
@@ -58,7 +60,7 @@ rule evaluate_anomaly:
     resources:
         mem_mb=4000,
     params:
-        anomaly=config["anomaly"],
+        anomaly=section("anomaly", "score", "evaluate"),
         seed=config["seed"],
         device=config["device"],
     script:

@@ -1,17 +1,20 @@
-# Classification: binary (normal vs pneumonia), then the 3-class fine-tune (normal / bacteria /
-# virus) started from the same architecture's binary weights; evaluation; model comparison.
+# Classification: binary (normal vs pneumonia), then the three-class fine-tune (normal /
+# bacteria / virus) started from the same architecture's binary weights; the operating point
+# fitted on each model's val predictions; evaluation; model comparison.
 
 
 rule train_binary:
     input:
         processed=PROCESSED,
+        code=code("train.py"),
     output:
-        model=f"{MODELS}/binary/{{arch}}/best.pt",
-        history="results/classify/binary/{arch}/history.csv",
+        model=f"{MODELS}/{{task,binary}}/{{arch}}/best.pt",
+        history="results/classify/{task,binary}/{arch}/history.csv",
+        val_predictions="results/classify/{task,binary}/{arch}/val_predictions.csv",
     log:
-        "logs/train/binary/{arch}.log",
+        "logs/train/{task,binary}/{arch}.log",
     benchmark:
-        "benchmarks/train/binary/{arch}.tsv"
+        "benchmarks/train/{task,binary}/{arch}.tsv"
     conda:
         ENV
     threads: 8
@@ -19,60 +22,87 @@ rule train_binary:
         mem_mb=12000,
         runtime=240,
     params:
-        train=config["train"],
         seed=config["seed"],
         device=config["device"],
+        train=train_recipe("binary"),
     script:
         "../scripts/train.py"
 
 
-use rule train_binary as train_3class with:
+use rule train_binary as train_three_class with:
     input:
         processed=PROCESSED,
         init=f"{MODELS}/binary/{{arch}}/best.pt",
+        code=code("train.py"),
     output:
-        model=f"{MODELS}/3class/{{arch}}/best.pt",
-        history="results/classify/3class/{arch}/history.csv",
+        model=f"{MODELS}/{{task,three_class}}/{{arch}}/best.pt",
+        history="results/classify/{task,three_class}/{arch}/history.csv",
+        val_predictions="results/classify/{task,three_class}/{arch}/val_predictions.csv",
     log:
-        "logs/train/3class/{arch}.log",
+        "logs/train/{task,three_class}/{arch}.log",
     benchmark:
-        "benchmarks/train/3class/{arch}.tsv"
+        "benchmarks/train/{task,three_class}/{arch}.tsv"
+    params:
+        seed=config["seed"],
+        device=config["device"],
+        train=train_recipe("three_class"),
+
+
+rule calibrate:
+    input:
+        predictions="results/classify/{task}/{arch}/val_predictions.csv",
+        code=code("calibrate.py"),
+    output:
+        calibration=f"{MODELS}/{{task}}/{{arch}}/calibration.json",
+    log:
+        "logs/calibrate/{task}/{arch}.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        calibrate=config["calibrate"],
+    script:
+        "../scripts/calibrate.py"
 
 
 rule evaluate_binary:
     input:
-        model=f"{MODELS}/binary/{{arch}}/best.pt",
+        model=f"{MODELS}/{{task}}/{{arch}}/best.pt",
+        calibration=f"{MODELS}/{{task}}/{{arch}}/calibration.json",
         processed=PROCESSED,
-        history="results/classify/binary/{arch}/history.csv",
+        history="results/classify/{task}/{arch}/history.csv",
+        code=code("evaluate.py"),
     output:
-        metrics="results/classify/binary/{arch}/metrics.json",
-        predictions="results/classify/binary/{arch}/predictions.csv",
+        metrics="results/classify/{task,binary}/{arch}/metrics.json",
+        predictions="results/classify/{task,binary}/{arch}/predictions.csv",
         confusion=report(
-            "results/classify/binary/{arch}/confusion.png",
+            "results/classify/{task,binary}/{arch}/confusion.png",
             caption="../report/classify_confusion.rst",
             category="Classification",
             subcategory="binary {arch}",
         ),
         roc=report(
-            "results/classify/binary/{arch}/roc.png",
+            "results/classify/{task,binary}/{arch}/roc.png",
             caption="../report/classify_roc.rst",
             category="Classification",
             subcategory="binary {arch}",
         ),
         reliability=report(
-            "results/classify/binary/{arch}/reliability.png",
+            "results/classify/{task,binary}/{arch}/reliability.png",
             caption="../report/classify_reliability.rst",
             category="Classification",
             subcategory="binary {arch}",
         ),
         curves=report(
-            "results/classify/binary/{arch}/curves.png",
+            "results/classify/{task,binary}/{arch}/curves.png",
             caption="../report/classify_curves.rst",
             category="Classification",
             subcategory="binary {arch}",
         ),
     log:
-        "logs/evaluate/binary/{arch}.log",
+        "logs/evaluate/{task,binary}/{arch}.log",
     conda:
         ENV
     threads: 2
@@ -85,51 +115,48 @@ rule evaluate_binary:
         "../scripts/evaluate.py"
 
 
-use rule evaluate_binary as evaluate_3class with:
-    input:
-        model=f"{MODELS}/3class/{{arch}}/best.pt",
-        processed=PROCESSED,
-        history="results/classify/3class/{arch}/history.csv",
+use rule evaluate_binary as evaluate_three_class with:
     output:
-        metrics="results/classify/3class/{arch}/metrics.json",
-        predictions="results/classify/3class/{arch}/predictions.csv",
+        metrics="results/classify/{task,three_class}/{arch}/metrics.json",
+        predictions="results/classify/{task,three_class}/{arch}/predictions.csv",
         confusion=report(
-            "results/classify/3class/{arch}/confusion.png",
+            "results/classify/{task,three_class}/{arch}/confusion.png",
             caption="../report/classify_confusion.rst",
             category="Classification",
-            subcategory="3-class {arch}",
+            subcategory="three-class {arch}",
         ),
         roc=report(
-            "results/classify/3class/{arch}/roc.png",
+            "results/classify/{task,three_class}/{arch}/roc.png",
             caption="../report/classify_roc.rst",
             category="Classification",
-            subcategory="3-class {arch}",
+            subcategory="three-class {arch}",
         ),
         reliability=report(
-            "results/classify/3class/{arch}/reliability.png",
+            "results/classify/{task,three_class}/{arch}/reliability.png",
             caption="../report/classify_reliability.rst",
             category="Classification",
-            subcategory="3-class {arch}",
+            subcategory="three-class {arch}",
         ),
         curves=report(
-            "results/classify/3class/{arch}/curves.png",
+            "results/classify/{task,three_class}/{arch}/curves.png",
             caption="../report/classify_curves.rst",
             category="Classification",
-            subcategory="3-class {arch}",
+            subcategory="three-class {arch}",
         ),
         folded=report(
-            "results/classify/3class/{arch}/confusion_folded.png",
+            "results/classify/{task,three_class}/{arch}/confusion_folded.png",
             caption="../report/classify_confusion_folded.rst",
             category="Classification",
-            subcategory="3-class {arch}",
+            subcategory="three-class {arch}",
         ),
     log:
-        "logs/evaluate/3class/{arch}.log",
+        "logs/evaluate/{task,three_class}/{arch}.log",
 
 
 rule compare_models:
     input:
         unpack(classifier_metrics),
+        code=code("compare_models.py"),
     output:
         figure=report(
             "results/classify/model_comparison.png",

@@ -1,16 +1,25 @@
-# Shared helpers of the rules: validated config, raw-data inputs, the list of final targets.
+# Shared helpers of the rules: validated config, the keys each step reads, the library code
+# each script runs, raw-data inputs, the list of final targets.
 
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
-from pneumocxr.config import ParamsError, validate
+from pneumocxr.config import (
+    NOT_RECIPE,
+    ParamsError,
+    dag_structure,
+    select,
+    validate,
+    without_display,
+)
 from pneumocxr.data.sources import DataLayoutError, raw_data_files
+from pneumocxr.workflow_sync import CodeDepsError, code_deps
 
-# The package's validator (jsonschema + the defaults and cross-field checks of
-# workflow/schemas/params.schema.yaml) is the one that DVC's route uses too, so both engines
-# accept and reject the same params with the same message.
+# The package's validator (the schema shipped in pneumocxr: every key's default, type and
+# range, plus the cross-field checks) is the one the DVC route uses too, so both engines
+# accept and reject the same params with the same message, before anything runs.
 try:
     validate(config)
 except ParamsError as err:
@@ -20,23 +29,56 @@ DATA_SOURCE = config["data"]["source"]
 DEMO_ROOT = "data/demo/chest_xray"
 PROCESSED = "data/processed"
 MODELS = "results/models"
-ARCHS = list(config["train"]["archs"])
-# Sources without bacteria/virus subtypes (medmnist) have no 3-class task: its stages are
+# The params that decide which jobs exist (architectures, tasks); dvc.yaml is generated for
+# one value of them (pneumocxr.workflow_sync).
+STRUCTURE = dag_structure(config)
+ARCHS = STRUCTURE["archs"]
+# Sources without bacteria/virus subtypes (medmnist) have no three-class task: its stages are
 # left out of `all` (with a message), never run on wrong labels.
-TASKS = ["binary", "3class"] if DATA_SOURCE != "medmnist" else ["binary"]
-if "3class" not in TASKS:
+TASKS = STRUCTURE["tasks"]
+if "three_class" not in TASKS:
     logger.warning(
         f"data.source={DATA_SOURCE} has no bacteria/virus subtypes: "
-        "the 3-class stages are skipped"
+        "the three-class stages are skipped"
     )
 
 
 wildcard_constraints:
-    task="binary|3class",
+    task="binary|three_class",
     arch="[a-z0-9_]+",
 
 
 ENV = "../envs/pneumocxr.yaml"
+
+
+def pick(*keys):
+    """The nested part of the config holding exactly these dotted keys (what a step reads).
+
+    A rule passes one param per top-level section, e.g. ``embed=pick("embed.tsne", ...)
+    ["embed"]``, so an edit to any other key does not rerun it; dvc.yaml lists the same keys.
+    """
+    return select(config, keys)
+
+
+def section(name, *keys):
+    """``pick`` of keys within one section, e.g. ``section("anomaly", "model", "train")``."""
+    return pick(*(f"{name}.{k}" for k in keys))[name]
+
+
+def train_recipe(task):
+    """What training a task reads: the shared recipe keys of ``train`` and ``train.<task>``;
+    the binary model also ``train.weights`` (the three-class one starts from the binary)."""
+    keys = [k for k in config["train"] if k not in NOT_RECIPE] + [task]
+    return section("train", *keys, *(["weights"] if task == "binary" else []))
+
+
+def code(script):
+    """The library modules ``workflow/scripts/<script>`` imports (its import closure within
+    src/pneumocxr), as inputs: editing one reruns exactly the steps that run it."""
+    try:
+        return code_deps(f"workflow/scripts/{script}")
+    except CodeDepsError as err:
+        raise WorkflowError(str(err)) from None
 
 
 def _raw_inputs():
@@ -74,6 +116,7 @@ def summary_inputs(wildcards=None):
         "anomaly": "results/anomaly/metrics.json",
         "anomaly_scores": "results/anomaly/scores.csv",
         "anomaly_model": f"{MODELS}/autoencoder/best.pt",
+        "code": code("summary.py"),
     }
     for task in TASKS:
         for arch in ARCHS:
@@ -90,6 +133,7 @@ def summary_inputs(wildcards=None):
 
 def all_targets():
     return [
+        "results/params.json",
         "results/data/summary.json",
         "results/data/overview.png",
         *classifier_metrics().values(),

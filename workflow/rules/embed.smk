@@ -5,6 +5,7 @@ rule embed:
     input:
         processed=PROCESSED,
         model=f"{MODELS}/{{task}}/{{arch}}/best.pt",
+        code=code("embed.py"),
     output:
         embeddings="results/embed/{task}/{arch}/embeddings.npz",
     log:
@@ -15,7 +16,7 @@ rule embed:
     resources:
         mem_mb=6000,
     params:
-        embed=config["embed"],
+        embed=section("embed", "batch_size", "channels_last"),
         device=config["device"],
     script:
         "../scripts/embed.py"
@@ -24,6 +25,7 @@ rule embed:
 rule tsne_knn:
     input:
         embeddings="results/embed/{task}/{arch}/embeddings.npz",
+        code=code("tsne_knn.py"),
     output:
         tsne=report(
             "results/embed/{task}/{arch}/tsne.png",
@@ -47,7 +49,7 @@ rule tsne_knn:
     resources:
         mem_mb=4000,
     params:
-        embed=config["embed"],
+        embed=section("embed", "tsne", "knn", "bootstrap"),
         seed=config["seed"],
     script:
         "../scripts/tsne_knn.py"

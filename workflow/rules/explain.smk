@@ -6,6 +6,7 @@ rule explain:
     input:
         processed=PROCESSED,
         model=f"{MODELS}/{{task}}/{{arch}}/best.pt",
+        code=code("explain.py"),
     output:
         metrics="results/explain/{task}/{arch}/metrics.json",
         maps="results/explain/{task}/{arch}/maps.npz",

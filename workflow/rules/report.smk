@@ -26,7 +26,7 @@ rule summary:
     resources:
         mem_mb=2000,
     params:
-        evaluate=config["evaluate"],
+        evaluate=section("evaluate", "n_boot"),
         seed=config["seed"],
     script:
         "../scripts/summary.py"

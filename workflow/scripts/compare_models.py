@@ -7,7 +7,7 @@ Outputs: figure=results/classify/model_comparison.png
 Params:  none
 """
 
-from pneumocxr.evaluate import compare_models
+from pneumocxr.compare import compare_models
 from pneumocxr.stage import stage_io
 
 io = stage_io(globals())

@@ -1,8 +1,9 @@
-"""Embed the train/val/test images with a trained classifier (one task, one architecture).
+"""Penultimate-layer embeddings (and the head's logits) of every split for one classifier.
 
+Wildcards: task, arch
 Inputs:  processed=data/processed  model=models/{task}/{arch}/best.pt
 Outputs: embeddings=results/embed/{task}/{arch}/embeddings.npz
-Params:  embed (batch_size, channels_last, progress), device
+Params:  embed (batch_size, channels_last), device
 """
 
 from pneumocxr.embed import run_embed
@@ -16,7 +17,7 @@ with io.logging():
         io.input["processed"],
         io.output["embeddings"],
         batch_size=cfg["batch_size"],
-        device=io.params.get("device", "auto"),
-        progress=cfg.get("progress", True),
-        channels_last=cfg.get("channels_last", True),
+        channels_last=cfg["channels_last"],
+        device=io.params["device"],
+        progress=io.progress,
     )

@@ -7,10 +7,8 @@ Outputs: metrics=results/anomaly/metrics.json          (DVC metric)
          reconstructions=results/anomaly/reconstructions.png
          histogram=results/anomaly/score_histogram.png
          roc=results/anomaly/roc.png
-Params:  anomaly (its score and evaluate sections are used), seed, device
+Params:  anomaly (score, evaluate), seed, device
 """
-
-import sys
 
 from pneumocxr.anomaly import run_anomaly_evaluation
 from pneumocxr.stage import stage_io
@@ -23,7 +21,6 @@ with io.logging():
         io.output,
         params=io.params["anomaly"],
         seed=io.params["seed"],
-        device=io.params.get("device", "auto"),
-        # a bar on a terminal; in log files only when the params ask for it
-        progress=True if sys.stderr.isatty() else None,
+        device=io.params["device"],
+        progress=io.progress,
     )

@@ -25,5 +25,6 @@ with io.logging():
         figures={name: io.output[name] for name in FIGURES},
         params=io.params["explain"],
         seed=io.params["seed"],
-        device=io.params.get("device", "auto"),
+        device=io.params["device"],
+        progress=io.progress,
     )

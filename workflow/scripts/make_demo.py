@@ -9,12 +9,9 @@
 ``params.yaml`` section ``demo``: ``n_train, n_test, n_val, size, seed``.
 """
 
-import sys
-
 from pneumocxr.data.demo import generate_demo
 from pneumocxr.stage import stage_io
 
 io = stage_io(globals())
 with io.logging():
-    generate_demo(io.output["root"], **io.params["demo"],
-                  progress=sys.stderr.isatty())   # a bar on a terminal, not in log files
+    generate_demo(io.output["root"], **io.params["demo"], progress=io.progress)

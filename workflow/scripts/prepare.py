@@ -5,10 +5,9 @@ Snakemake runs this through ``script:``; DVC runs it as::
     python workflow/scripts/prepare.py --rule prepare --input raw=data/raw/chest_xray \
         --output processed=data/processed summary=results/data/summary.json \
         rejected=results/data/rejected.csv overview=results/data/overview.png \
-        --log logs/prepare.log --threads 2 --params data prepare seed
+        --log logs/prepare.log --threads 4 --params data prepare
 """
 
-import sys
 from pathlib import Path
 
 from pneumocxr.data.prepare import REPORT_FILES, prepare
@@ -31,15 +30,11 @@ with io.logging():
         data["root"],
         io.output["processed"],
         report_dir,
-        resize=prep["resize"],
-        crop=prep["crop"],
-        variants=prep["variants"],
-        clahe_clip=prep["clahe"]["clip_limit"],
-        clahe_grid=prep["clahe"]["tile_grid"],
+        prepare_params=prep,
+        split_seed=data["split_seed"],
         val_fraction=data["val_fraction"],
-        seed=io.params["seed"],
         min_side=data["min_side"],
         max_pixels=data["max_pixels"],
         threads=io.threads,
-        progress=sys.stderr.isatty(),   # a bar on a terminal, not in log files
+        progress=io.progress,
     )

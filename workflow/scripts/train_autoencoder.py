@@ -3,12 +3,10 @@
 Inputs:  processed=data/processed
 Outputs: model=models/autoencoder/best.pt
          history=results/anomaly/history.csv
-Params:  anomaly (its model and train sections are used), seed, device
+Params:  anomaly (model, train), seed, device
 Resume:  .cache/resume/anomaly/autoencoder/<key>/ (PNEUMOCXR_RESUME_DIR moves it); rerunning
          the same command after an interruption continues from the last finished epoch.
 """
-
-import sys
 
 from pneumocxr.anomaly import run_autoencoder_training
 from pneumocxr.stage import stage_io
@@ -21,7 +19,6 @@ with io.logging():
         io.output["history"],
         params=io.params["anomaly"],
         seed=io.params["seed"],
-        device=io.params.get("device", "auto"),
-        # a bar on a terminal; in log files only when the params ask for it
-        progress=True if sys.stderr.isatty() else None,
+        device=io.params["device"],
+        progress=io.progress,
     )

@@ -9,7 +9,7 @@ Outputs: tsne=results/embed/{task}/{arch}/tsne.png
 Params:  embed (tsne, knn, bootstrap), seed
 """
 
-from pneumocxr.embed import run_tsne_knn
+from pneumocxr.tsne_knn import run_tsne_knn
 from pneumocxr.stage import stage_io
 
 io = stage_io(globals())

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError, MissingInputError
+
 SPLITS = ("train", "val", "test", "val_official")
 METADATA_COLUMNS = (
     "split", "index", "file", "official_split", "label", "subtype", "patient", "sha256",
@@ -66,11 +68,11 @@ class SplitData:
         return (self.meta["label"].to_numpy() == "PNEUMONIA").astype(np.int64)
 
     @property
-    def y_3class(self) -> np.ndarray:
+    def y_three_class(self) -> np.ndarray:
         """0 normal, 1 bacteria, 2 virus; raises if any subtype is unknown."""
         sub = self.meta["subtype"].to_numpy()
         if np.any(sub == "unknown"):
-            raise ValueError(
+            raise InputError(
                 f"split {self.split!r} has images without a bacteria/virus subtype "
                 f"(data_source={self.data_source}); the 3-class task needs the Kermany file names"
             )
@@ -97,7 +99,7 @@ class SplitData:
 def read_info(processed_dir: str | Path) -> dict:
     path = Path(processed_dir) / "info.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing; run the prepare stage first")
+        raise MissingInputError(f"{path}: missing; run the prepare stage first")
     return json.loads(path.read_text())
 
 
@@ -116,21 +118,21 @@ def load_split(processed_dir: str | Path, split: str, variant: str = "plain") ->
     """Load one split of the prepared data (images memory-mapped)."""
     root = Path(processed_dir)
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
     arr_path = root / variant / f"{split}.npy"
     if not arr_path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{arr_path}: missing (variant {variant!r}, split {split!r}); check prepare.variants "
             "in params.yaml and rerun prepare"
         )
     meta_path = root / "metadata.csv"
     if not meta_path.is_file():
-        raise FileNotFoundError(f"{meta_path}: missing; run the prepare stage first")
+        raise MissingInputError(f"{meta_path}: missing; run the prepare stage first")
     meta = pd.read_csv(meta_path, dtype={"patient": str, "file": str})
     meta = meta[meta["split"] == split].sort_values("index").reset_index(drop=True)
     images = np.load(arr_path, mmap_mode="r")
     if len(images) != len(meta):
-        raise ValueError(
+        raise InputError(
             f"{arr_path}: {len(images)} images but metadata.csv lists {len(meta)} for split "
             f"{split!r}; the prepared data is inconsistent, rerun prepare"
         )

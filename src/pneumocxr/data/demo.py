@@ -55,6 +55,8 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import InputError
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -517,7 +519,7 @@ def render_chest_xray(size: int, subtype: str, patient_rng: np.random.Generator,
     noise, nuisances and the image-to-image change of the disease.
     """
     if subtype not in CLASS_MIX:
-        raise ValueError(f"subtype must be one of {tuple(CLASS_MIX)}, not {subtype!r}")
+        raise InputError(f"subtype must be one of {tuple(CLASS_MIX)}, not {subtype!r}")
     an = _anatomy(patient_rng)
     dz = _disease(patient_rng, subtype)
     rng = image_rng
@@ -643,14 +645,14 @@ def _check_args(n_train: int, n_test: int, n_val: int, size: int, seed: int) -> 
     for name, value in (("n_train", n_train), ("n_test", n_test), ("n_val", n_val)):
         split = name[2:]
         if not isinstance(value, (int, np.integer)) or value < MIN_IMAGES[split]:
-            raise ValueError(
+            raise InputError(
                 f"demo.{name} must be an integer >= {MIN_IMAGES[split]} (every class needs an "
                 f"image), got {value!r}; fix it in params.yaml"
             )
     if not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
-        raise ValueError(f"demo.size must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {size!r}")
+        raise InputError(f"demo.size must be an integer in [{MIN_SIZE}, {MAX_SIZE}], got {size!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"demo.seed must be a non-negative integer, got {seed!r}")
+        raise InputError(f"demo.seed must be a non-negative integer, got {seed!r}")
 
 
 def render_demo_image(item: DemoImage, size: int, seed: int) -> np.ndarray:
@@ -699,9 +701,9 @@ def generate_demo(out_root: str | Path, *, n_train: int, n_test: int, n_val: int
     _check_args(n_train, n_test, n_val, size, seed)
     root = Path(out_root)
     if root.exists() and not root.is_dir():
-        raise ValueError(f"{root}: exists and is not a folder; choose another demo output path")
+        raise InputError(f"{root}: exists and is not a folder; choose another demo output path")
     if root.is_dir() and any(root.iterdir()):
-        raise ValueError(
+        raise InputError(
             f"{root}: folder is not empty; delete it (or choose an empty folder) so that no "
             "stale images mix with the new demo set"
         )

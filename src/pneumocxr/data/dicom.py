@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from .images import BadImageError, DecodedImage, check_size
 from .preprocess import to_uint8
 
@@ -211,7 +212,7 @@ def encode_dicom(pixels: np.ndarray, *, photometric: str = "MONOCHROME2",
 
     pixels = np.asarray(pixels)
     if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"expected a uint8/uint16 (H, W) array, got {pixels.dtype} "
+        raise InputError(f"expected a uint8/uint16 (H, W) array, got {pixels.dtype} "
                          f"{pixels.shape}")
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage

@@ -45,6 +45,7 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import InputError
 from .preprocess import to_uint8
 
 ACCEPTED_FORMATS = ("JPEG", "MPO", "PNG")
@@ -70,12 +71,12 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class BadImageError(ValueError):
+class BadImageError(InputError):
     """A file that cannot be used; ``kind`` is one of :data:`REJECT_KINDS`."""
 
     def __init__(self, kind: str, detail: str):
         if kind not in REJECT_KINDS:
-            raise ValueError(f"unknown rejection kind {kind!r}")
+            raise InputError(f"unknown rejection kind {kind!r}")
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
@@ -213,11 +214,11 @@ def _to_gray(im: Image.Image, data: bytes, source_mode: str) -> tuple[np.ndarray
         # 16-bit colour (or grey+alpha): PIL would keep only the high byte; use OpenCV.
         arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
         if arr is None:
-            raise ValueError("OpenCV could not decode the 16-bit PNG")
+            raise InputError("OpenCV could not decode the 16-bit PNG")
         if arr.ndim == 3:
             code = {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}.get(arr.shape[2])
             if code is None:
-                raise ValueError(f"unexpected {arr.shape[2]}-channel 16-bit PNG")
+                raise InputError(f"unexpected {arr.shape[2]}-channel 16-bit PNG")
             arr = cv2.cvtColor(arr, code)
         return to_uint8(arr), f"{source_mode};16"
     if mode != "L":

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from ..errors import InputError
+
 log = logging.getLogger(__name__)
 
 SPLIT_FOLDERS = ("train", "val", "test")
@@ -52,7 +54,7 @@ _NORMAL2 = re.compile(rf"^(?P<patient>NORMAL2-IM-\d+)-\d+(?:-\d+)?{_EXT}$")
 _IM = re.compile(rf"^(?P<patient>IM-\d+)-\d+(?:-\d+)?{_EXT}$")
 
 
-class FileNameError(ValueError):
+class FileNameError(InputError):
     """A file name that fits none of the Kermany naming patterns."""
 
 
@@ -128,7 +130,7 @@ def scan_kermany(root: str | Path) -> list[RawFile]:
     if not root.exists():
         raise _missing_root_error(root)
     if not root.is_dir():
-        raise ValueError(
+        raise InputError(
             f"{root}: is a file, not a folder; with data.source kermany or demo, data.root must "
             f"be a folder ({EXPECTED_LAYOUT}); for a PneumoniaMNIST .npz use data.source medmnist"
         )

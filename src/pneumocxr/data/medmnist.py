@@ -15,6 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..errors import InputError, MissingInputError
 from .preprocess import to_uint8
 
 NPZ_SPLITS = ("train", "val", "test")
@@ -54,19 +55,19 @@ def load_npz(path: str | Path) -> dict[str, NpzSplit]:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: PneumoniaMNIST npz not found. {WHERE_FROM}")
+        raise MissingInputError(f"{path}: PneumoniaMNIST npz not found. {WHERE_FROM}")
     if path.is_dir():
-        raise ValueError(f"{path}: is a folder; data.source medmnist expects a .npz file "
+        raise InputError(f"{path}: is a folder; data.source medmnist expects a .npz file "
                          "(for a Kaggle-layout folder use data.source kermany)")
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise ValueError(f"{path}: not a readable .npz file ({err})") from None
+        raise InputError(f"{path}: not a readable .npz file ({err})") from None
     with npz:
         expected = [f"{s}_{k}" for s in NPZ_SPLITS for k in ("images", "labels")]
         missing = [k for k in expected if k not in npz.files]
         if missing:
-            raise ValueError(f"{path}: missing keys {missing}; a PneumoniaMNIST-style npz has "
+            raise InputError(f"{path}: missing keys {missing}; a PneumoniaMNIST-style npz has "
                              f"{expected} (found {sorted(npz.files)})")
         out = {}
         for split in NPZ_SPLITS:
@@ -75,7 +76,7 @@ def load_npz(path: str | Path) -> dict[str, NpzSplit]:
             out[split] = _check_split(path, split, images, labels)
     shapes = {s.images.shape[1:3] for s in out.values()}
     if len(shapes) > 1:
-        raise ValueError(f"{path}: image sizes differ between splits {sorted(shapes)}")
+        raise InputError(f"{path}: image sizes differ between splits {sorted(shapes)}")
     return out
 
 
@@ -83,19 +84,19 @@ def _check_split(path: Path, split: str, images: np.ndarray, labels: np.ndarray)
     if images.ndim == 4 and images.shape[3] in (1, 3):
         pass
     elif images.ndim != 3:
-        raise ValueError(f"{path}: {split}_images has shape {images.shape}; expected "
+        raise InputError(f"{path}: {split}_images has shape {images.shape}; expected "
                          "(N, H, W) or (N, H, W, 1|3)")
     if labels.ndim == 2 and labels.shape[1] != 1:
-        raise ValueError(
+        raise InputError(
             f"{path}: {split}_labels has shape {labels.shape}: multi-label data; only binary "
             "labels (0 normal, 1 pneumonia) are supported (PneumoniaMNIST)")
     labels = labels.reshape(len(labels), -1)[:, 0] if labels.ndim == 2 else labels
     if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(f"{path}: {split}_labels has shape {labels.shape} for "
+        raise InputError(f"{path}: {split}_labels has shape {labels.shape} for "
                          f"{len(images)} images")
     values = np.unique(labels)
     if not np.all(np.isin(values, (0, 1))):
-        raise ValueError(
+        raise InputError(
             f"{path}: {split}_labels has values {values.tolist()}; only binary labels "
             "(0 normal, 1 pneumonia) are supported (PneumoniaMNIST)")
     return NpzSplit(split, images, labels.astype(np.int64))

@@ -31,13 +31,15 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping
 
 import cv2
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from ..config import complete
+from ..errors import InputError, MissingInputError
 from . import kermany, medmnist
 from .arrays import METADATA_COLUMNS, SPLITS
 from .images import REJECT_KINDS, BadImageError, DecodedImage, pil_pixel_limit, read_image
@@ -74,17 +76,13 @@ def prepare(
     out_dir: str | Path,
     report_dir: str | Path,
     *,
-    resize: int,
-    crop: int,
-    variants: Sequence[str] = VARIANTS,
-    clahe_clip: float = 2.0,
-    clahe_grid: int = 8,
-    val_fraction: float = 0.1,
-    seed: int = 42,
-    min_side: int = 64,
-    max_pixels: int = 100_000_000,
+    prepare_params: Mapping[str, Any] | None = None,
+    split_seed: int,
+    val_fraction: float,
+    min_side: int,
+    max_pixels: int,
     threads: int = 1,
-    progress: bool = True,
+    progress: bool = False,
 ) -> dict:
     """Prepare ``source`` data under ``root`` into ``out_dir``; reports go to ``report_dir``.
 
@@ -93,11 +91,10 @@ def prepare(
         root: the folder (or npz file) of params ``data.root``.
         out_dir: the prepared-data folder (``data/processed``).
         report_dir: folder for ``summary.json``, ``rejected.csv``, ``overview.png``.
-        resize, crop: shorter side after resizing, then the center-crop side.
-        variants: any of ``plain`` and ``clahe``.
-        clahe_clip, clahe_grid: OpenCV CLAHE clip limit and tiles per side.
+        prepare_params: params ``prepare`` (resize, crop, variants, clahe); the schema fills
+            in what is not given.
         val_fraction: share of train patients carved out as ``val``.
-        seed: seeds the validation carving and the choice of example images.
+        split_seed: seeds the validation carving and the choice of example images.
         min_side, max_pixels: images with a shorter side under ``min_side`` or more than
             ``max_pixels`` pixels are rejected.
         threads: images decoded in parallel.
@@ -111,24 +108,18 @@ def prepare(
         ValueError: bad arguments, wrong layout, or a split/class with no usable image.
     """
     if source not in SOURCES:
-        raise ValueError(f"data.source must be one of {SOURCES}, not {source!r}")
-    variants = list(variants)
-    unknown = [v for v in variants if v not in VARIANTS]
-    if not variants or unknown or len(set(variants)) != len(variants):
-        raise ValueError(f"prepare.variants must be distinct names from {VARIANTS}, "
-                         f"got {variants}")
-    cfg = PreprocessConfig(resize=int(resize), crop=int(crop), clip_limit=float(clahe_clip),
-                           tile_grid=int(clahe_grid))
-    if not 0 < val_fraction < 0.5:
-        raise ValueError(f"data.val_fraction must be in (0, 0.5), got {val_fraction}")
-    if threads < 1 or min_side < 1 or max_pixels < 1:
-        raise ValueError(f"threads ({threads}), data.min_side ({min_side}) and data.max_pixels "
-                         f"({max_pixels}) must be positive")
+        raise InputError(f"data.source must be one of {SOURCES}, not {source!r}")
+    prep = complete("prepare", prepare_params or {})
+    variants = list(prep["variants"])
+    cfg = PreprocessConfig.from_params(prep)
+    seed = split_seed
+    if threads < 1:
+        raise InputError(f"threads must be positive, got {threads}")
     root, out_dir, report_dir = Path(root), Path(out_dir), Path(report_dir)
     params = {
         "resize": cfg.resize, "crop": cfg.crop, "variants": variants,
         "clahe": {"clip_limit": cfg.clip_limit, "tile_grid": cfg.tile_grid},
-        "val_fraction": val_fraction, "seed": seed, "min_side": min_side,
+        "val_fraction": val_fraction, "split_seed": seed, "min_side": min_side,
         "max_pixels": max_pixels, "threads": threads,
     }
     log.info("prepare %s data from %s -> %s (%s)", source, root, out_dir, params)
@@ -155,7 +146,7 @@ def prepare(
     info = {
         "data_source": source, "root": str(root), "resize": cfg.resize, "crop": cfg.crop,
         "variants": variants, "clahe": params["clahe"], "counts": counts,
-        "has_subtypes": has_subtypes, "seed": seed, "val_fraction": val_fraction,
+        "has_subtypes": has_subtypes, "split_seed": seed, "val_fraction": val_fraction,
     }
     (out_dir / "info.json").write_text(json.dumps(info, indent=2) + "\n")
     summary = _summary(meta, rejected, source, root, params, has_subtypes, n_candidates)
@@ -200,7 +191,7 @@ def _folder_candidates(root: Path, source: str, min_side: int, max_pixels: int):
         files = kermany.scan_kermany(root)
     except FileNotFoundError as err:
         if source == "demo":
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{root}: demo data not generated yet; the demo workflow makes it "
                 "(`snakemake --configfile config/demo.yaml` or `make demo`)") from err
         raise
@@ -226,10 +217,10 @@ def _medmnist_candidates(path: Path, min_side: int, max_pixels: int):
     splits = medmnist.load_npz(path)
     h, w = splits["train"].images.shape[1:3]
     if min(h, w) < min_side:
-        raise ValueError(f"{path}: images are {w}x{h}, under data.min_side ({min_side} px); "
+        raise InputError(f"{path}: images are {w}x{h}, under data.min_side ({min_side} px); "
                          f"set data.min_side: {min(h, w)} (or lower) to use this file")
     if h * w > max_pixels:
-        raise ValueError(f"{path}: images are {w}x{h}, over data.max_pixels ({max_pixels})")
+        raise InputError(f"{path}: images are {w}x{h}, over data.max_pixels ({max_pixels})")
     candidates = []
     for name, sp in splits.items():
         for i in range(len(sp.images)):
@@ -312,7 +303,7 @@ def _assign_splits(kept: pd.DataFrame, official: list[str], root: Path, source: 
     for split in official:
         for label in LABELS:
             if not ((kept["official_split"] == split) & (kept["label"] == label)).any():
-                raise ValueError(
+                raise InputError(
                     f"{where.format(split=split, label=label)}: no usable images (every file "
                     f"was rejected or none was there; see {rejected_csv}); each official split "
                     f"needs both classes. {kermany.EXPECTED_LAYOUT if source != 'medmnist' else ''}"
@@ -329,7 +320,7 @@ def _assign_splits(kept: pd.DataFrame, official: list[str], root: Path, source: 
         missing = [lb for lb in LABELS if not ((meta["split"] == split)
                                                & (meta["label"] == lb)).any()]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"{root}: the carved {split!r} split has no {'/'.join(missing)} images; the "
                 f"train folder holds too few patients for data.val_fraction={val_fraction}")
     order = {s: i for i, s in enumerate(SPLITS)}

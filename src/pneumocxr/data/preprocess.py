@@ -20,10 +20,12 @@ constant image becomes all zeros.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 import cv2
 import numpy as np
+
+from ..errors import InputError
 
 VARIANTS = ("plain", "clahe")
 
@@ -37,7 +39,7 @@ def to_uint8(arr: np.ndarray) -> np.ndarray:
         return arr.astype(np.uint8)
     data = arr.astype(np.float64)
     if not np.all(np.isfinite(data)):
-        raise ValueError("image has NaN or infinite values; cannot scale it to 8 bits")
+        raise InputError("image has NaN or infinite values; cannot scale it to 8 bits")
     lo, hi = float(data.min()), float(data.max())
     if hi == lo:
         return np.zeros(arr.shape, dtype=np.uint8)
@@ -75,30 +77,32 @@ def center_crop(img: np.ndarray, crop: int) -> np.ndarray:
     """The central ``crop`` x ``crop`` window (offsets rounded down)."""
     h, w = img.shape[:2]
     if crop > h or crop > w:
-        raise ValueError(f"cannot center-crop {crop}x{crop} from a {h}x{w} image")
+        raise InputError(f"cannot center-crop {crop}x{crop} from a {h}x{w} image")
     top, left = (h - crop) // 2, (w - crop) // 2
     return img[top:top + crop, left:left + crop]
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Output geometry and CLAHE settings (params ``prepare.resize/crop/clahe``)."""
+    """Output geometry and CLAHE settings (params ``prepare.resize/crop/clahe``).
 
-    resize: int = 256
-    crop: int = 224
-    clip_limit: float = 2.0
-    tile_grid: int = 8
+    Build it with :meth:`from_params` (the schema checks the values and fills the defaults).
+    """
 
-    def __post_init__(self) -> None:
-        if self.resize < 1 or self.crop < 1:
-            raise ValueError(f"prepare.resize ({self.resize}) and prepare.crop ({self.crop}) "
-                             "must be positive")
-        if self.crop > self.resize:
-            raise ValueError(f"prepare.crop ({self.crop}) must not exceed prepare.resize "
-                             f"({self.resize}): the crop is taken from the resized image")
-        if not self.clip_limit > 0 or self.tile_grid < 1:
-            raise ValueError(f"prepare.clahe: clip_limit ({self.clip_limit}) must be > 0 and "
-                             f"tile_grid ({self.tile_grid}) >= 1")
+    resize: int
+    crop: int
+    clip_limit: float
+    tile_grid: int
+
+    @classmethod
+    def from_params(cls, prepare: Mapping[str, Any] | None = None) -> "PreprocessConfig":
+        """From params ``prepare`` (or a checkpoint's record of it): resize, crop, clahe."""
+        from ..config import complete
+
+        p = complete("prepare", {k: v for k, v in (prepare or {}).items()
+                                 if k in ("resize", "crop", "clahe", "variants")})
+        return cls(resize=p["resize"], crop=p["crop"], clip_limit=p["clahe"]["clip_limit"],
+                   tile_grid=p["clahe"]["tile_grid"])
 
 
 def preprocess(gray: np.ndarray, cfg: PreprocessConfig, clahe: bool = False) -> np.ndarray:
@@ -116,12 +120,12 @@ def make_variants(gray: np.ndarray, cfg: PreprocessConfig,
     out = {}
     for name in variants:
         if name not in VARIANTS:
-            raise ValueError(f"unknown variant {name!r}; expected one of {VARIANTS}")
+            raise InputError(f"unknown variant {name!r}; expected one of {VARIANTS}")
         out[name] = preprocess(gray, cfg, clahe=(name == "clahe"))
     return out
 
 
 def _check_gray_u8(img: np.ndarray) -> None:
     if img.ndim != 2 or img.dtype != np.uint8:
-        raise ValueError(f"expected a 2-D uint8 grayscale image, got shape {img.shape} "
+        raise InputError(f"expected a 2-D uint8 grayscale image, got shape {img.shape} "
                          f"dtype {img.dtype}")

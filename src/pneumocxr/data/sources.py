@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import InputError
+
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 KAGGLE_SPLITS = ("train", "val", "test")
 REQUIRED_SPLITS = ("train", "test")  # the Mendeley download has no val folder
@@ -23,7 +25,7 @@ No data at hand? Run the embedded synthetic demo instead:
     make demo      (or: snakemake --cores 2 all --configfile config/demo.yaml)"""
 
 
-class DataLayoutError(ValueError):
+class DataLayoutError(InputError):
     """The raw data folder is missing or not in the expected layout."""
 
 

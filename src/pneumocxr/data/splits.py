@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from ..errors import InputError
+
 log = logging.getLogger(__name__)
 
 
@@ -27,7 +29,7 @@ def link_groups(patients: Sequence[str], hashes: Sequence[str] | None = None) ->
     or, when ``hashes`` is given, identical bytes (connected components, union-find)."""
     n = len(patients)
     if hashes is not None and len(hashes) != n:
-        raise ValueError(f"{len(hashes)} hashes for {n} patients")
+        raise InputError(f"{len(hashes)} hashes for {n} patients")
     parent = list(range(n))
 
     def find(i: int) -> int:
@@ -78,13 +80,13 @@ def carve_validation(strata: Sequence[str], groups: Sequence, val_fraction: floa
     strata = np.asarray(strata)
     groups = np.asarray(groups)
     if len(strata) != len(groups):
-        raise ValueError(f"{len(strata)} strata for {len(groups)} groups")
+        raise InputError(f"{len(strata)} strata for {len(groups)} groups")
     if not 0 < val_fraction < 0.5:
-        raise ValueError(f"data.val_fraction must be in (0, 0.5), got {val_fraction}")
+        raise InputError(f"data.val_fraction must be in (0, 0.5), got {val_fraction}")
     k = max(2, int(round(1 / val_fraction)))
     n_groups = len(np.unique(groups))
     if n_groups < k:
-        raise ValueError(
+        raise InputError(
             f"only {n_groups} patients in the train split: too few to carve a validation split "
             f"of data.val_fraction={val_fraction} ({k} folds); add data or raise val_fraction")
     sgkf = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)

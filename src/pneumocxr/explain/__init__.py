@@ -8,21 +8,8 @@
 - :mod:`.faithfulness`: deletion / insertion AUC, model randomisation, rank correlation.
 - :mod:`.lungmask`: an approximate lung-field mask and the share of attribution inside it.
 - :mod:`.shortcut`: accuracy and AUROC with the image border blanked.
-- :func:`run_explain` (:mod:`.pipeline`): the ``explain`` pipeline stage.
+- :func:`~.pipeline.run_explain`: the ``explain`` pipeline stage.
+
+Import the submodules themselves (``from pneumocxr.explain.occlusion import Occlusion``): this
+package file imports nothing, so a stage that uses one of them does not depend on the rest.
 """
-
-from .faithfulness import (deletion_insertion, random_attribution, randomized_model,
-                           rank_correlation)
-from .gradcam import GradCAM, normalize_map
-from .lungmask import LungMaskConfig, adjust_mask, attribution_share, lung_mask
-from .occlusion import Occlusion, window_starts
-from .pipeline import run_explain, select_images
-from .shortcut import blank_border, border_probe
-from .targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget, ImageModel
-
-__all__ = [
-    "ClassifierOutputSoftmaxTarget", "ClassifierOutputTarget", "GradCAM", "ImageModel",
-    "LungMaskConfig", "Occlusion", "adjust_mask", "attribution_share", "blank_border",
-    "border_probe", "deletion_insertion", "lung_mask", "normalize_map", "random_attribution",
-    "randomized_model", "rank_correlation", "run_explain", "select_images", "window_starts",
-]

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 from torch import nn
 
+from ..errors import InputError
 from .targets import Target, model_device
 
 SCOPES = ("head", "all")
@@ -59,7 +60,7 @@ def curve_auc(scores: np.ndarray) -> float:
     """Area under a curve sampled at equally spaced fractions of [0, 1] (trapezoid rule)."""
     s = np.asarray(scores, dtype=np.float64)
     if len(s) < 2:
-        raise ValueError("an AUC needs at least two points")
+        raise InputError("an AUC needs at least two points")
     return float(np.sum((s[1:] + s[:-1]) / 2.0) / (len(s) - 1))
 
 
@@ -80,13 +81,13 @@ def deletion_insertion(
     Returns ``{"fractions", "deletion", "insertion", "deletion_auc", "insertion_auc"}``.
     """
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+        raise InputError(f"steps must be >= 1, got {steps}")
     if image.ndim != 3:
-        raise ValueError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
+        raise InputError(f"image must be (C, H, W), got shape {tuple(image.shape)}")
     c, h, w = image.shape
     attribution = np.asarray(attribution)
     if attribution.shape != (h, w):
-        raise ValueError(f"attribution {attribution.shape} does not match the image {(h, w)}")
+        raise InputError(f"attribution {attribution.shape} does not match the image {(h, w)}")
     device = model_device(model)
     x = image.to(device, torch.float32)
     order = pixel_order(attribution).to(device)
@@ -131,7 +132,7 @@ def randomized_model(model: nn.Module, scope: str = "all", seed: int = 0) -> nn.
     from torch's default generator seeded with ``seed``; the global RNG state is restored.
     """
     if scope not in SCOPES:
-        raise ValueError(f"randomisation scope must be one of {SCOPES}, got {scope!r}")
+        raise InputError(f"randomisation scope must be one of {SCOPES}, got {scope!r}")
     clone = copy.deepcopy(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -142,7 +143,7 @@ def randomized_model(model: nn.Module, scope: str = "all", seed: int = 0) -> nn.
                        if isinstance(m, nn.Linear) and name.split(".")[-1] == "fc"]
             linears = linears or [m for m in clone.modules() if isinstance(m, nn.Linear)]
             if not linears:
-                raise ValueError("scope='head' needs a linear output layer; use scope='all'")
+                raise InputError("scope='head' needs a linear output layer; use scope='all'")
             linears[-1].reset_parameters()
     return clone.eval()
 
@@ -152,7 +153,7 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     a = np.asarray(a, dtype=np.float64).ravel()
     b = np.asarray(b, dtype=np.float64).ravel()
     if a.shape != b.shape:
-        raise ValueError(f"maps differ in size: {a.size} vs {b.size}")
+        raise InputError(f"maps differ in size: {a.size} vs {b.size}")
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan")
     return float(spearmanr(a, b).statistic)

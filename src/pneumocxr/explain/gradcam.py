@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import InputError
 from .targets import ClassifierOutputTarget, ImageModel, Target, model_device, resolve_targets
 
 
@@ -33,7 +34,7 @@ def default_target_layer(model: nn.Module) -> nn.Module:
     inner = model.model if isinstance(model, ImageModel) else model
     trunk = getattr(inner, "trunk", None)
     if not isinstance(trunk, nn.Module):
-        raise ValueError(f"{type(inner).__name__} has no `trunk`; pass target_layer= (the module "
+        raise InputError(f"{type(inner).__name__} has no `trunk`; pass target_layer= (the module "
                          "whose output is the last convolutional feature map)")
     return trunk
 
@@ -57,7 +58,7 @@ class GradCAM:
 
     def _save_activation(self, module: nn.Module, inputs, output: torch.Tensor) -> None:
         if not isinstance(output, torch.Tensor) or output.ndim != 4:
-            raise ValueError(f"Grad-CAM target layer {type(module).__name__} must output a "
+            raise InputError(f"Grad-CAM target layer {type(module).__name__} must output a "
                              f"(N, K, h, w) tensor, got {getattr(output, 'shape', type(output))}")
         self._activation = output
 
@@ -90,7 +91,7 @@ class GradCAM:
             raise RuntimeError("this GradCAM was released; create a new one (use it as a "
                                "context manager: `with GradCAM(model) as cam:`)")
         if inputs.ndim != 4:
-            raise ValueError(f"inputs must be (N, C, H, W), got shape {tuple(inputs.shape)}")
+            raise InputError(f"inputs must be (N, C, H, W), got shape {tuple(inputs.shape)}")
         was_training = self.model.training
         self.model.eval()
         x = inputs.detach().to(model_device(self.model), torch.float32).requires_grad_(True)

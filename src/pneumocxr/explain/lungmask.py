@@ -23,32 +23,12 @@ the explain stage repeats its findings with the mask eroded and dilated
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import cv2
 import numpy as np
 from scipy import ndimage as ndi
 
-
-@dataclass(frozen=True)
-class LungMaskConfig:
-    """Parameters of :func:`lung_mask`, as fractions of the image side (see module docs)."""
-
-    blur: float = 0.02
-    opening: float = 0.02
-    frame: float = 0.03
-    lateral: float = 0.12
-    min_area: float = 0.02
-    closing: float = 0.03
-
-    def __post_init__(self) -> None:
-        for key, value in asdict(self).items():
-            if not 0.0 <= value < 0.5:
-                raise ValueError(f"lung mask {key} must be a fraction of the image side in "
-                                 f"[0, 0.5), got {value}")
-
-    def as_dict(self) -> dict[str, float]:
-        return asdict(self)
+from ..errors import InputError
+from ..settings import LungMaskSettings
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -59,12 +39,12 @@ def _px(fraction: float, side: int) -> int:
     return int(round(fraction * side))
 
 
-def lung_mask(image: np.ndarray, config: LungMaskConfig | None = None) -> np.ndarray:
+def lung_mask(image: np.ndarray, config: LungMaskSettings | None = None) -> np.ndarray:
     """Boolean lung-field mask (H, W) of a uint8 grayscale (CLAHE) chest X-ray (H, W)."""
-    cfg = config or LungMaskConfig()
+    cfg = LungMaskSettings.from_params(config)
     image = np.asarray(image)
     if image.ndim != 2 or image.dtype != np.uint8:
-        raise ValueError(f"lung_mask needs a uint8 grayscale image (H, W), got {image.dtype} "
+        raise InputError(f"lung_mask needs a uint8 grayscale image (H, W), got {image.dtype} "
                          f"{image.shape}")
     h, w = image.shape
     side = min(h, w)
@@ -120,7 +100,7 @@ def attribution_share(attribution: np.ndarray, mask: np.ndarray) -> float:
     a = np.clip(np.asarray(attribution, dtype=np.float64), 0.0, None)
     mask = np.asarray(mask, dtype=bool)
     if a.shape != mask.shape:
-        raise ValueError(f"attribution {a.shape} and mask {mask.shape} differ in shape")
+        raise InputError(f"attribution {a.shape} and mask {mask.shape} differ in shape")
     total = a.sum()
     if not mask.any() or total <= 0:
         return float("nan")
@@ -131,7 +111,7 @@ def border_band(shape: tuple[int, int], fraction: float) -> np.ndarray:
     """Boolean mask of the outer band ``round(fraction * min(H, W))`` pixels wide."""
     h, w = shape
     if not 0.0 <= fraction < 0.5:
-        raise ValueError(f"border band must be a fraction of the side in [0, 0.5), got {fraction}")
+        raise InputError(f"border band must be a fraction of the side in [0, 0.5), got {fraction}")
     b = int(round(fraction * min(h, w)))
     band = np.zeros((h, w), dtype=bool)
     if b > 0:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..errors import InputError
 from .targets import ClassifierOutputSoftmaxTarget, Target, model_device, resolve_targets
 
 log = logging.getLogger(__name__)
@@ -32,14 +33,14 @@ log = logging.getLogger(__name__)
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
     if len(pair) != 2 or not all(isinstance(v, int) and v >= 1 for v in pair):
-        raise ValueError(f"{name} must be a positive integer or a pair of them, got {value!r}")
+        raise InputError(f"{name} must be a positive integer or a pair of them, got {value!r}")
     return pair  # type: ignore[return-value]
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
     """Start offsets of the windows along one axis of ``size`` pixels (last one flush)."""
     if window > size:
-        raise ValueError(f"occlusion window ({window} px) is larger than the image ({size} px); "
+        raise InputError(f"occlusion window ({window} px) is larger than the image ({size} px); "
                          "lower explain.occlusion.window")
     starts = list(range(0, size - window + 1, stride))
     if starts[-1] + window < size:
@@ -88,9 +89,9 @@ class Occlusion:
         wh, ww = _pair(window, "window")
         sh, sw = _pair(stride, "stride")
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         if inputs.ndim != 4:
-            raise ValueError(f"inputs must be (N, C, H, W), got shape {tuple(inputs.shape)}")
+            raise InputError(f"inputs must be (N, C, H, W), got shape {tuple(inputs.shape)}")
         n, _, h, w = inputs.shape
         positions = [(r, c) for r in window_starts(h, wh, sh) for c in window_starts(w, ww, sw)]
         was_training = self.model.training

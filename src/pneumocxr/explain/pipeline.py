@@ -36,90 +36,27 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import deep_merge
+from ..errors import InputError
 from ..data.arrays import load_split
 from ..datasets import check_task, load_task_split, to_float
-from ..evaluate import predict_logits, write_json
+from ..inference import predict_logits
 from ..models import load_model
-from ..utils import resolve_device, set_determinism
-from .faithfulness import (SCOPES, deletion_insertion, random_attribution, randomized_model,
+from ..settings import ExplainSettings, LungMaskSettings
+from ..utils import resolve_device, set_determinism, write_json
+from .faithfulness import (deletion_insertion, random_attribution, randomized_model,
                            rank_correlation, summarize)
 from .gradcam import GradCAM, normalize_map
-from .lungmask import LungMaskConfig, adjust_mask, attribution_share, lung_mask
+from .lungmask import adjust_mask, attribution_share, lung_mask
 from .occlusion import Occlusion
 from .shortcut import border_probe
 from .targets import ClassifierOutputSoftmaxTarget, ClassifierOutputTarget, ImageModel
 
 log = logging.getLogger(__name__)
 
-#: Defaults of the ``explain`` params section.
-DEFAULT_PARAMS: dict[str, Any] = {
-    "split": "test",
-    "n_per_group": 4,
-    "baseline": 0.5,
-    "occlusion": {"window": 16, "stride": 8, "batch_size": 64},
-    "faithfulness": {"steps": 16, "blur": 0.05},
-    "lung_mask": LungMaskConfig().as_dict(),
-    "mask_adjust": 0.03,
-    "template_images": 400,
-    "share_n_per_class": 100,
-    "randomization": {"scopes": ["head", "all"], "n_images": 8},
-    "shortcut": {"bands": [0.05, 0.1, 0.2], "n_boot": 1000},
-    "batch_size": 64,
-    "progress": False,
-}
 METHODS = ("occlusion", "gradcam")
 MASKS = ("per_image", "template")
 VARIANTS = ("eroded", "base", "dilated")
 FIGURES = ("occlusion", "gradcam", "comparison", "lung_share", "faithfulness")
-
-
-def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Defaults <- ``params``; ValueError naming the key for an unknown key or a bad value."""
-    p = deep_merge(DEFAULT_PARAMS, params)
-    unknown = set(p) - set(DEFAULT_PARAMS)
-    if unknown:
-        raise ValueError(f"explain params: unknown keys {sorted(unknown)}; known: "
-                         f"{sorted(DEFAULT_PARAMS)}")
-
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ValueError(f"explain params: {msg}")
-
-    need(p["split"] in ("test", "val", "val_official"),
-         f"split must be test, val or val_official, got {p['split']!r}")
-    need(isinstance(p["n_per_group"], int) and p["n_per_group"] >= 1,
-         f"n_per_group must be an integer >= 1, got {p['n_per_group']}")
-    need(0.0 <= p["baseline"] <= 1.0,
-         f"baseline must be an intensity in [0, 1], got {p['baseline']}")
-    occ = p["occlusion"]
-    for key in ("window", "stride", "batch_size"):
-        need(isinstance(occ[key], int) and occ[key] >= 1,
-             f"occlusion.{key} must be an integer >= 1, got {occ[key]}")
-    need(isinstance(p["faithfulness"]["steps"], int) and p["faithfulness"]["steps"] >= 2,
-         f"faithfulness.steps must be an integer >= 2, got {p['faithfulness']['steps']}")
-    need(0.0 < p["faithfulness"]["blur"] < 0.5,
-         f"faithfulness.blur (insertion starts from a blurred copy) must be a fraction of the "
-         f"side in (0, 0.5), got {p['faithfulness']['blur']}")
-    LungMaskConfig(**p["lung_mask"])  # raises ValueError naming the key
-    need(0.0 <= p["mask_adjust"] < 0.25,
-         f"mask_adjust must be a fraction of the side in [0, 0.25), got {p['mask_adjust']}")
-    need(isinstance(p["template_images"], int) and p["template_images"] >= 1,
-         f"template_images must be an integer >= 1, got {p['template_images']}")
-    need(isinstance(p["share_n_per_class"], int) and p["share_n_per_class"] >= 0,
-         f"share_n_per_class must be an integer >= 0, got {p['share_n_per_class']}")
-    scopes = p["randomization"]["scopes"]
-    need(all(s in SCOPES for s in scopes),
-         f"randomization.scopes must be among {SCOPES}, got {scopes}")
-    need(isinstance(p["randomization"]["n_images"], int) and p["randomization"]["n_images"] >= 0,
-         f"randomization.n_images must be an integer >= 0, got {p['randomization']['n_images']}")
-    bands = p["shortcut"]["bands"]
-    need(all(0.0 < b < 0.5 for b in bands), f"shortcut.bands must lie in (0, 0.5), got {bands}")
-    need(isinstance(p["shortcut"]["n_boot"], int) and p["shortcut"]["n_boot"] >= 0,
-         f"shortcut.n_boot must be an integer >= 0, got {p['shortcut']['n_boot']}")
-    need(isinstance(p["batch_size"], int) and p["batch_size"] >= 1,
-         f"batch_size must be an integer >= 1, got {p['batch_size']}")
-    return p
 
 
 def select_images(labels: np.ndarray, preds: np.ndarray, n_per_group: int, seed: int,
@@ -166,19 +103,19 @@ def _gradcam_maps(model: torch.nn.Module, x: torch.Tensor, categories: np.ndarra
 
 
 def _occlusion_maps(model: torch.nn.Module, x: torch.Tensor, categories: np.ndarray,
-                    p: dict[str, Any], progress: bool) -> torch.Tensor:
-    occ = p["occlusion"]
+                    p: ExplainSettings, progress: bool) -> torch.Tensor:
+    occ = p.occlusion
     return Occlusion(model).attribute(
-        x, [ClassifierOutputSoftmaxTarget(int(c)) for c in categories], window=occ["window"],
-        stride=occ["stride"], baseline=p["baseline"], batch_size=occ["batch_size"],
+        x, [ClassifierOutputSoftmaxTarget(int(c)) for c in categories], window=occ.window,
+        stride=occ.stride, baseline=p.baseline, batch_size=occ.batch_size,
         channels_last=True, progress=progress)
 
 
-def template_mask(clahe_images: np.ndarray, cfg: LungMaskConfig) -> tuple[np.ndarray, int]:
+def template_mask(clahe_images: np.ndarray, cfg: LungMaskSettings) -> tuple[np.ndarray, int]:
     """Pixel-wise majority of the per-image masks (images with an empty mask are skipped)."""
     masks = [m for m in (lung_mask(img, cfg) for img in clahe_images) if m.any()]
     if not masks:
-        raise ValueError("no lung mask could be found on any template image; check "
+        raise InputError("no lung mask could be found on any template image; check "
                          "explain.lung_mask (or the CLAHE variant of the prepared data)")
     return np.mean(masks, axis=0) >= 0.5, len(masks)
 
@@ -231,11 +168,15 @@ def run_explain(
     metrics_path: str | Path,
     maps_path: str | Path,
     figures: Mapping[str, str | Path],
-    params: Mapping[str, Any] | None = None,
+    params: ExplainSettings | Mapping[str, Any] | None = None,
     seed: int = 0,
     device: str = "auto",
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Run the explain stage for one checkpoint; write metrics, maps and figures.
+
+    ``params`` is the ``explain`` section. Timings go to the log, not the metrics, so the
+    same inputs give the same bytes.
 
     ``figures`` maps each name in :data:`FIGURES` to its PNG path. Returns the metrics.
     """
@@ -243,41 +184,40 @@ def run_explain(
 
     missing = [f for f in FIGURES if f not in figures]
     if missing:
-        raise ValueError(f"figures: missing paths for {missing}; expected {list(FIGURES)}")
-    p = check_params(params or {})
-    progress = bool(p["progress"])
+        raise InputError(f"figures: missing paths for {missing}; expected {list(FIGURES)}")
+    p = ExplainSettings.from_params(params)
     set_determinism(seed)
     dev = resolve_device(device)
     classifier, meta = load_model(model_path)
     task = meta.get("task")
     class_names = list(check_task(task))
     if list(meta["class_names"]) != class_names:
-        raise ValueError(f"{model_path}: classes {meta['class_names']} differ from task {task}")
+        raise InputError(f"{model_path}: classes {meta['class_names']} differ from task {task}")
     size = int(meta["input_size"])
     normalization = meta["normalization"]
-    if p["occlusion"]["window"] > size:
-        raise ValueError(f"explain.occlusion.window ({p['occlusion']['window']} px) exceeds the "
+    if p.occlusion.window > size:
+        raise InputError(f"explain.occlusion.window ({p['occlusion']['window']} px) exceeds the "
                          f"model input ({size} px); lower it")
     # channels-last convolutions: the same numbers, ~15% less CPU time (bench/occlusion_speed.py)
     classifier = classifier.to(dev).to(memory_format=torch.channels_last).eval()
     model = ImageModel(classifier, normalization).to(dev).eval()
 
-    data, source = load_task_split(processed_dir, p["split"], task)
-    clahe = load_split(processed_dir, p["split"], "clahe")
+    data, source = load_task_split(processed_dir, p.split, task)
+    clahe = load_split(processed_dir, p.split, "clahe")
     if len(clahe) != len(data):
-        raise ValueError(f"{processed_dir}: the clahe and plain variants of {p['split']} differ "
+        raise InputError(f"{processed_dir}: the clahe and plain variants of {p['split']} differ "
                          "in length; rerun prepare")
     log.info("explain %s/%s (%s, %d images at %d px, data %s)", task, meta["arch"],
              model_path, len(data), size, source)
     logits = predict_logits(classifier, data, normalization=normalization,
-                            batch_size=p["batch_size"], input_size=size, channels_last=True,
+                            batch_size=p.batch_size, input_size=size, channels_last=True,
                             progress=progress)
     preds = logits.argmax(1)
     probs = torch.softmax(torch.from_numpy(logits).double(), 1).numpy()
 
-    sel = select_images(data.labels, preds, p["n_per_group"], seed, class_names)
+    sel = select_images(data.labels, preds, p.n_per_group, seed, class_names)
     if sel.empty:
-        raise ValueError(f"{processed_dir}: no images selected from split {p['split']}")
+        raise InputError(f"{processed_dir}: no images selected from split {p['split']}")
     idx = sel["index"].to_numpy()
     cats = sel["pred"].to_numpy()
     x = _as_model_input(data.images[idx], size).to(dev)
@@ -288,14 +228,14 @@ def run_explain(
     occ_maps = _occlusion_maps(model, x, cats, p, progress).numpy()
     timing["occlusion_s_per_image"] = (time.perf_counter() - t0) / len(sel)
     t0 = time.perf_counter()
-    cam_maps = _gradcam_maps(model, x, cats, p["batch_size"]).numpy()
+    cam_maps = _gradcam_maps(model, x, cats, p.batch_size).numpy()
     timing["gradcam_s_per_image"] = (time.perf_counter() - t0) / len(sel)
     maps = {"occlusion": occ_maps, "gradcam": cam_maps}
     log.info("maps: occlusion %.2f s/image, Grad-CAM %.3f s/image", timing["occlusion_s_per_image"],
              timing["gradcam_s_per_image"])
 
     # -- faithfulness: deletion / insertion of each method and of a random ranking
-    fp = p["faithfulness"]
+    fp = p.faithfulness
     faith_rows = []
     curves: dict[str, dict[str, list[np.ndarray]]] = {}
     candidates = dict(maps, random=np.stack([random_attribution((size, size), seed + i)
@@ -304,8 +244,8 @@ def run_explain(
     for method, m in candidates.items():
         for i in range(len(sel)):
             r = deletion_insertion(model, x[i], m[i], ClassifierOutputSoftmaxTarget(int(cats[i])),
-                                   steps=fp["steps"], baseline=p["baseline"], blur=fp["blur"],
-                                   batch_size=p["batch_size"])
+                                   steps=fp.steps, baseline=p.baseline, blur=fp.blur,
+                                   batch_size=p.batch_size)
             faith_rows.append({"image": i, "label": int(sel["label"].iloc[i]), "method": method,
                                "deletion_auc": r["deletion_auc"],
                                "insertion_auc": r["insertion_auc"]})
@@ -315,7 +255,7 @@ def run_explain(
     timing["faithfulness_s"] = time.perf_counter() - t0
     faith = pd.DataFrame(faith_rows)
     faith["insertion_minus_deletion"] = faith["insertion_auc"] - faith["deletion_auc"]
-    fractions = np.linspace(0.0, 1.0, fp["steps"] + 1)
+    fractions = np.linspace(0.0, 1.0, fp.steps + 1)
     faith_metrics: dict[str, Any] = {}
     for method, g in faith.groupby("method", sort=False):
         faith_metrics[method] = {
@@ -329,16 +269,16 @@ def run_explain(
     faith_metrics["fractions"] = fractions.tolist()
 
     # -- lung masks (per image, template) and the share of attribution inside them
-    mcfg = LungMaskConfig(**p["lung_mask"])
+    mcfg = p.lung_mask
     clahe_sel = _resized_uint8(clahe.images[idx], size)
     masks_sel = np.stack([lung_mask(img, mcfg) for img in clahe_sel])
     train = load_split(processed_dir, "train", "clahe")
     normal_train = np.flatnonzero(train.y_binary == 0)
     if len(normal_train) == 0:
-        raise ValueError(f"{processed_dir}: no normal training images to build the lung template")
-    pick = np.sort(np.random.default_rng(seed).permutation(normal_train)[:p["template_images"]])
+        raise InputError(f"{processed_dir}: no normal training images to build the lung template")
+    pick = np.sort(np.random.default_rng(seed).permutation(normal_train)[:p.template_images])
     template, n_template = template_mask(_resized_uint8(train.images[pick], size), mcfg)
-    adjust_px = int(round(p["mask_adjust"] * size))
+    adjust_px = int(round(p.mask_adjust * size))
     shares = share_table(maps, {"per_image": masks_sel, "template": template},
                          sel["label"].to_numpy(), adjust_px)
     lung_metrics: dict[str, Any] = {
@@ -350,12 +290,12 @@ def run_explain(
     sample_shares = None
     rng = np.random.default_rng(seed + 1)
     sample_idx = np.sort(np.concatenate([
-        rng.permutation(np.flatnonzero(data.labels == c))[:p["share_n_per_class"]]
+        rng.permutation(np.flatnonzero(data.labels == c))[:p.share_n_per_class]
         for c in range(len(class_names))]))
     if len(sample_idx) > 0:
         xs = _as_model_input(data.images[sample_idx], size).to(dev)
         t0 = time.perf_counter()
-        cam_sample = _gradcam_maps(model, xs, preds[sample_idx], p["batch_size"]).numpy()
+        cam_sample = _gradcam_maps(model, xs, preds[sample_idx], p.batch_size).numpy()
         masks_sample = np.stack([lung_mask(img, mcfg)
                                  for img in _resized_uint8(clahe.images[sample_idx], size)])
         sample_shares = share_table({"gradcam": cam_sample},
@@ -366,18 +306,18 @@ def run_explain(
         timing["gradcam_sample_s"] = time.perf_counter() - t0
 
     # -- model randomisation (Adebayo et al.)
-    rp = p["randomization"]
-    n_rand = min(rp["n_images"], len(sel))
+    rp = p.randomization
+    n_rand = min(rp.n_images, len(sel))
     rand_metrics: dict[str, Any] = {"n_images": n_rand}
     rand_maps: dict[str, np.ndarray] = {}
-    if n_rand > 0 and rp["scopes"]:
+    if n_rand > 0 and rp.scopes:
         # round-robin over groups, so every group is represented
         sub = np.argsort(sel["rank"].to_numpy(), kind="stable")[:n_rand]
         t0 = time.perf_counter()
-        for scope in rp["scopes"]:
+        for scope in rp.scopes:
             rmodel = randomized_model(model, scope, seed=seed)
             r_occ = _occlusion_maps(rmodel, x[sub], cats[sub], p, progress).numpy()
-            r_cam = _gradcam_maps(rmodel, x[sub], cats[sub], p["batch_size"]).numpy()
+            r_cam = _gradcam_maps(rmodel, x[sub], cats[sub], p.batch_size).numpy()
             for method, trained, rand in (("occlusion", occ_maps[sub], r_occ),
                                           ("gradcam", cam_maps[sub], r_cam)):
                 rho = [rank_correlation(a, b) for a, b in zip(trained, rand)]
@@ -390,20 +330,21 @@ def run_explain(
         timing["randomization_s"] = time.perf_counter() - t0
 
     # -- shortcut probe: border band blanked
-    sp = p["shortcut"]
+    sp = p.shortcut
     t0 = time.perf_counter()
     shortcut = border_probe(classifier, data.images, data.labels, normalization=normalization,
-                            bands=sp["bands"], value=int(round(p["baseline"] * 255)),
-                            input_size=size, patients=data.patients, batch_size=p["batch_size"],
-                            n_boot=sp["n_boot"], seed=seed, logits_plain=logits)
+                            bands=list(sp.bands), value=int(round(p.baseline * 255)),
+                            input_size=size, patients=data.patients, batch_size=p.batch_size,
+                            n_boot=sp.n_boot, seed=seed, logits_plain=logits)
     timing["shortcut_s"] = time.perf_counter() - t0
 
     files = data.meta["file"].to_numpy()
     metrics = {
         "data_source": source,
         "task": task, "arch": meta["arch"], "model": str(model_path),
-        "class_names": class_names, "split": p["split"], "n_split_images": len(data),
-        "input_size": size, "seed": seed, "device": dev.type, "params": p,
+        "class_names": class_names, "split": p.split, "n_split_images": len(data),
+        "input_size": size, "seed": seed, "device": dev.type, "threads": torch.get_num_threads(),
+        "params": p.as_dict(),
         "target": "predicted class: softmax probability (occlusion, faithfulness), "
                   "logit (Grad-CAM)",
         "selection": {
@@ -414,7 +355,6 @@ def run_explain(
                         "p_pred": float(probs[r.index, r.pred])}
                        for r in sel.itertuples()],
         },
-        "timing": timing,
         "faithfulness": faith_metrics,
         "lung_share": lung_metrics,
         "randomization": rand_metrics,
@@ -445,5 +385,6 @@ def run_explain(
                figures["lung_share"])
     plots.save(plots.faithfulness_figure(faith_metrics, **titles), figures["faithfulness"])
     write_json(metrics, metrics_path)
-    log.info("explain %s/%s done -> %s", task, meta["arch"], metrics_path)
+    log.info("explain %s/%s done -> %s; seconds: %s", task, meta["arch"], metrics_path,
+             {k: round(v, 2) for k, v in timing.items()})
     return metrics

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from ..errors import InputError
 from ..metrics import bootstrap_cis
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 def band_pixels(side: int, band: float) -> int:
     """Width in pixels of a border band of ``band`` x ``side`` (rounded)."""
     if not 0.0 <= band < 0.5:
-        raise ValueError(f"border band must be a fraction of the image side in [0, 0.5), "
+        raise InputError(f"border band must be a fraction of the image side in [0, 0.5), "
                          f"got {band}")
     return int(round(band * side))
 
@@ -41,7 +42,7 @@ def blank_border(images: np.ndarray, band: float, value: int = 128) -> np.ndarra
     """Copy of uint8 images (N, H, W) with the outer ``band`` x side pixels set to ``value``."""
     images = np.asarray(images)
     if images.ndim != 3:
-        raise ValueError(f"images must be (N, H, W), got shape {images.shape}")
+        raise InputError(f"images must be (N, H, W), got shape {images.shape}")
     out = np.array(images, copy=True)
     b = band_pixels(min(images.shape[1:]), band)
     if b > 0:
@@ -122,13 +123,13 @@ def border_probe(
 
     Returns ``{"bands": [{"band", "band_px", "value", <metric>: {value, ci_low, ci_high}}]}``.
     """
-    from ..evaluate import predict_logits
+    from ..inference import predict_logits
 
     labels = np.asarray(labels).astype(int)
     if len(labels) != len(images):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        raise InputError(f"{len(images)} images but {len(labels)} labels")
     if not 0 <= int(value) <= 255:
-        raise ValueError(f"blank value must be a uint8 intensity in [0, 255], got {value}")
+        raise InputError(f"blank value must be a uint8 intensity in [0, 255], got {value}")
     if logits_plain is None:
         logits_plain = predict_logits(model, np.asarray(images), normalization=normalization,
                                       batch_size=batch_size, input_size=input_size)

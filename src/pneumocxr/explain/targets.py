@@ -17,6 +17,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 Target = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -54,7 +56,7 @@ class ImageModel(nn.Module):
         mean = torch.as_tensor(normalization["mean"], dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.as_tensor(normalization["std"], dtype=torch.float32).view(1, -1, 1, 1)
         if mean.numel() != std.numel() or bool((std <= 0).any()):
-            raise ValueError(f"normalization needs one mean and one positive std per channel, "
+            raise InputError(f"normalization needs one mean and one positive std per channel, "
                              f"got {normalization}")
         self.model = model
         self.register_buffer("mean", mean, persistent=False)
@@ -70,13 +72,13 @@ def resolve_targets(targets: Target | Sequence[Target] | None, n: int,
     """One target per image: the given ones, one shared callable, or ``default(predicted)``."""
     if targets is None:
         if predicted is None:
-            raise ValueError("targets=None needs the predicted classes")
+            raise InputError("targets=None needs the predicted classes")
         return [default(int(c)) for c in predicted.tolist()]
     if callable(targets):
         return [targets] * n
     targets = list(targets)
     if len(targets) != n:
-        raise ValueError(f"got {len(targets)} targets for {n} images; pass one per image, "
+        raise InputError(f"got {len(targets)} targets for {n} images; pass one per image, "
                          "a single callable, or None (the predicted class)")
     return targets
 

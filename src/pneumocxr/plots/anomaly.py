@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from ..errors import InputError
 from .common import save, title
 
 __all__ = ["reconstruction_grid", "score_histogram", "roc_figure", "save"]
@@ -31,7 +32,7 @@ def reconstruction_grid(inputs: np.ndarray, recons: np.ndarray, labels: np.ndarr
     inputs, recons = np.asarray(inputs), np.asarray(recons)
     n = len(inputs)
     if n == 0:
-        raise ValueError("reconstruction_grid needs at least one image")
+        raise InputError("reconstruction_grid needs at least one image")
     errors = np.abs(inputs - recons)
     rows = [("input", inputs, "gray", (0.0, 1.0)), ("reconstruction", recons, "gray", (0.0, 1.0)),
             ("|input - reconstruction|", errors, "magma", (0.0, float(errors.max()) or 1.0))]

@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..errors import InputError
 from .common import plt, save, title
 
 CLASS_COLORS = {"normal": "tab:green", "bacteria": "tab:orange", "virus": "tab:purple",
@@ -29,7 +30,7 @@ def plot_data_overview(
     """
     classes = list(examples)
     if not classes:
-        raise ValueError("plot_data_overview needs at least one class with example images")
+        raise InputError("plot_data_overview needs at least one class with example images")
     n_pairs = max(len(v) for v in examples.values())
     n_cols = 2 * n_pairs
     fig = plt.figure(figsize=(2.1 * max(n_cols, 4), 2.1 * len(classes) + 3.4))

@@ -1,0 +1,81 @@
+"""What a classifier's logits mean, and the file they are kept in.
+
+* :func:`probabilities` -- softmax of logits divided by a temperature;
+* :func:`pneumonia_score` -- p(pneumonia) = 1 - p(normal) in both tasks (class 0 is normal);
+* :func:`write_predictions` / :func:`read_predictions` -- one split's logits as CSV (training
+  writes the selected model's val logits; the ``calibrate`` stage reads them).
+
+NumPy only, so calibrating (or predicting) does not depend on the training code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy.special import softmax
+
+from .errors import InputError, MissingInputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .datasets import ArrayDataset
+
+
+def probabilities(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Softmax of ``logits / temperature``."""
+    return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
+
+
+def pneumonia_score(probs: np.ndarray) -> np.ndarray:
+    """p(pneumonia) = 1 - p(normal); class 0 is normal in both tasks."""
+    return 1.0 - np.asarray(probs)[:, 0]
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Logits of one split as written by :func:`write_predictions` (rows in split order)."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    files: np.ndarray
+    patients: np.ndarray
+
+
+def write_predictions(path: str | Path, logits: np.ndarray, data: ArrayDataset) -> Path:
+    """``file, patient, label, logit_<class>...`` of one split (logits exact: 9 digits)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = len(data)
+    df = pd.DataFrame({
+        "file": data.meta["file"].to_numpy() if data.meta is not None else np.arange(n),
+        "patient": data.patients if data.patients is not None else np.arange(n),
+        "label": data.labels})
+    for i, name in enumerate(data.class_names):
+        df[f"logit_{name}"] = np.asarray(logits)[:, i]
+    df.to_csv(path, index=False, float_format="%.9g")
+    return path
+
+
+def read_predictions(path: str | Path, class_names: Sequence[str] | None = None) -> Predictions:
+    """Read a file of :func:`write_predictions`; the classes are its ``logit_*`` columns."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(f"{path}: predictions file not found")
+    df = pd.read_csv(path, dtype={"file": str, "patient": str})
+    cols = [c for c in df.columns if c.startswith("logit_")]
+    missing = {"file", "patient", "label"} - set(df.columns)
+    if missing or len(cols) < 2:
+        raise InputError(f"{path}: expected columns file, patient, label and logit_<class> "
+                         f"(at least two); missing {sorted(missing) or 'logit columns'}")
+    names = tuple(c.removeprefix("logit_") for c in cols)
+    if class_names is not None and tuple(class_names) != names:
+        raise InputError(f"{path}: classes {list(names)} differ from {list(class_names)}")
+    labels = df["label"].to_numpy().astype(int)
+    if labels.min() < 0 or labels.max() >= len(names):
+        raise InputError(f"{path}: labels must lie in [0, {len(names)})")
+    return Predictions(df[cols].to_numpy(np.float64), labels, names,
+                       df["file"].to_numpy(), df["patient"].to_numpy())
