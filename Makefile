@@ -39,7 +39,7 @@ lint: $(STAMP)
 dvc.yaml: $(STAMP)  ## regenerate dvc.yaml and workflow/envs from the Snakefile and pins
 	$(BIN)/python -m pneumocxr.workflow_sync
 
-dvc-demo: $(STAMP)  ## the demo through DVC: overlay -> `dvc exp run -S ...`
+dvc-demo: $(STAMP)  ## the demo through DVC: overlay -> `dvc exp run -S ...` (README's line)
 	$(BIN)/dvc exp run $$($(BIN)/pneumocxr params --overlay config/demo.yaml --dvc-set)
 
 dag: $(STAMP)  ## redraw docs/rulegraph.png and docs/dvc_dag.png (matplotlib; no Graphviz needed)

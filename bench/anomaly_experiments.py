@@ -45,7 +45,7 @@ import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
 from pneumocxr import anomaly
-from pneumocxr.checkpoint import ResumeCache, params_key
+from pneumocxr.checkpoint import ResumeCache, params_key, save_checkpoint
 from pneumocxr.data.arrays import load_split
 from pneumocxr.metrics import auroc, binary_rates, eer_threshold
 from pneumocxr.utils import set_determinism
@@ -387,8 +387,7 @@ def stage_evaluation(name: str = "ae_seed42", score_params: dict | None = None,
             "n_train_normal": int((tr.y_binary == 0).sum()), "data_source": tr.data_source,
             "note": f"weights of bench/anomaly_experiments.py run {name}"}
     model_path = out / "models" / "autoencoder" / "best.pt"
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": ck["best"], "epoch": ck["best_epoch"], "meta": meta}, model_path)
+    save_checkpoint(model_path, ck["best"], meta, kind="autoencoder")   # what the stage reads
     res = out / "results" / "anomaly"
     outputs = {"metrics": res / "metrics.json", "scores": res / "scores.csv",
                "reconstructions": res / "reconstructions.png",

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import torch
 
-from pneumocxr.explain.occlusion import Occlusion
+from pneumocxr.explain.occlusion import Occlusion, window_starts
 from pneumocxr.explain.targets import ImageModel
-from pneumocxr.explain.occlusion import window_starts
 from pneumocxr.models import create_model, default_normalization
 
 REPO = Path(__file__).resolve().parents[1]

@@ -38,9 +38,10 @@ import torch
 from PIL import Image
 
 from pneumocxr import CLASS_NAMES_BINARY
-from pneumocxr.checkpoint import atomic_save
+from pneumocxr.checkpoint import save_checkpoint
 from pneumocxr.models import create_model, default_normalization
 from pneumocxr.predict import load_predictor, predict_files, torch_forward
+from pneumocxr.utils import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "kermany" / "chest_xray" / "test"
@@ -59,12 +60,15 @@ def _write_model(root: Path, size: int) -> Path:
     model = create_model("resnet18", 2)
     meta = {"arch": "resnet18", "task": "binary", "class_names": list(CLASS_NAMES_BINARY),
             "in_chans": 1, "input_size": size, "normalization": default_normalization(1),
-            "operating_threshold": {"value": 0.5, "rule": "youden"}, "temperature": 1.0,
             "data_source": "benchmark",
             "preprocess": {"resize": 256, "crop": size, "variant": "plain",
                            "clahe": {"clip_limit": 2.0, "tile_grid": 8}}}
     path = root / "models/binary/resnet18/best.pt"
-    atomic_save({"model": model.state_dict(), "meta": meta}, path)
+    save_checkpoint(path, model.state_dict(), meta, kind="classifier")
+    # predict reads the operating point from the calibrate stage's file beside best.pt
+    write_json({"format": 1, "temperature": 1.0,
+                "operating_threshold": {"value": 0.5, "rule": "youden"}},
+               path.parent / "calibration.json")
     return path
 
 

@@ -26,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pneumocxr.config import complete
 from pneumocxr.data.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.root.is_dir():
         raise SystemExit(f"{args.root}: data folder not found (pass --root)")
 
+    # params data at the schema's defaults (split seed 42, val fraction 0.1, image size limits)
+    data = complete("data", {"source": "kermany", "root": str(args.root)})
     runs = []
     for size in args.sizes:
         resize, crop = (int(v) for v in size.split("/"))
@@ -79,9 +82,13 @@ def main(argv: list[str] | None = None) -> dict:
             with tempfile.TemporaryDirectory(prefix="bench-prepare-") as tmp:
                 start = time.perf_counter()
                 summary = prepare("kermany", args.root, Path(tmp) / "processed",
-                                  Path(tmp) / "reports", resize=resize, crop=crop,
-                                  variants=["plain", "clahe"], threads=threads, seed=42,
-                                  val_fraction=0.1, progress=False)
+                                  Path(tmp) / "reports",
+                                  prepare_params={"resize": resize, "crop": crop,
+                                                  "variants": ["plain", "clahe"]},
+                                  split_seed=data["split_seed"],
+                                  val_fraction=data["val_fraction"],
+                                  min_side=data["min_side"], max_pixels=data["max_pixels"],
+                                  threads=threads, progress=False)
                 seconds = time.perf_counter() - start
             n = summary["n_images"]
             decode = phases.times["decode_preprocess_s"]

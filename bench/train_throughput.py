@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     crit = torch.nn.CrossEntropyLoss()
     norm = default_normalization(1)
-    augment = Augment()
+    augment = Augment.from_params()   # params train.augment at the schema defaults
     gen = torch.Generator().manual_seed(args.seed)
     chunks = [ArrayDataset(images[i * args.batch * args.batches:(i + 1) * args.batch * args.batches],
                            labels[i * args.batch * args.batches:(i + 1) * args.batch * args.batches],

@@ -38,3 +38,40 @@ def medmnist_npz() -> Path:
     if not path.is_file():
         pytest.skip(f"PneumoniaMNIST npz not available at {path}")
     return path
+
+
+#: README's DVC route for the demo, exactly as a user types it (make dvc-demo runs it too)
+README_DVC_DEMO = "dvc exp run $(pneumocxr params --overlay config/demo.yaml --dvc-set)"
+
+
+@pytest.fixture(scope="session")
+def demo_workspace(repo_root, tmp_path_factory):
+    """A fresh clone-like copy of the workflow where the demo ran through both engines.
+
+    1. README's DVC command (``dvc exp run $(pneumocxr params ... --dvc-set)``) runs the whole
+       demo and writes dvc.lock; params.yaml then holds the demo values;
+    2. Snakemake reruns every job on the same params (``--forceall``), recording its own
+       provenance; the outputs are byte-identical, so ``dvc status`` stays clean.
+
+    Stage commands run the copy's own library (PYTHONPATH), so editing a module of the copy
+    is a real code change. Returns ``(path, env)``.
+    """
+    import os
+    import subprocess
+
+    from test_workflow import BIN, copy_workflow, run
+
+    work = copy_workflow(repo_root, tmp_path_factory.mktemp("demo_workspace"))
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(work / "src"),
+           "PNEUMOCXR_RESUME_DIR": str(work / ".cache/resume")}
+    for cmd in (["git", "init", "-q"], ["git", "config", "user.email", "ci@example.com"],
+                ["git", "config", "user.name", "ci"]):
+        run(cmd, work)
+    run([str(BIN / "dvc"), "init", "-q"], work, env=env)
+    run(["git", "add", "-A"], work)
+    run(["git", "commit", "-qm", "workflow"], work)
+    proc = subprocess.run(["bash", "-c", README_DVC_DEMO], cwd=work, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run([str(BIN / "snakemake"), "--cores", "2", "all", "--forceall"], work, env=env)
+    return work, env

@@ -13,6 +13,9 @@ from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
 from pneumocxr import anomaly
 from pneumocxr.anomaly import (ConvAutoencoder, Forward, aggregate, choose_threshold,
                                create_score, fit_autoencoder, ledoit_wolf, ssim_map, to_tensor)
+from pneumocxr.checkpoint import load_checkpoint, save_checkpoint
+from pneumocxr.config import ParamsError, complete
+from pneumocxr.settings import AutoencoderSettings, AutoencoderTrainSettings, ScoreSettings
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -279,26 +282,42 @@ def test_training_resumes_bitwise_identical_after_an_interruption(tmp_path):
                                                tmp_path / "b/history.csv", params=params,
                                                seed=1, device="cpu",
                                                resume_root=tmp_path / "cache_b")
-    a = torch.load(tmp_path / "a/best.pt", weights_only=False)
-    b = torch.load(tmp_path / "b/best.pt", weights_only=False)
+    a = load_checkpoint(tmp_path / "a/best.pt", kind="autoencoder")
+    b = load_checkpoint(tmp_path / "b/best.pt", kind="autoencoder")
     assert full["best_epoch"] == resumed["best_epoch"]
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert a["meta"] == b["meta"]
     ha = pd.read_csv(tmp_path / "a/history.csv")
     hb = pd.read_csv(tmp_path / "b/history.csv")
-    pd.testing.assert_frame_equal(ha.drop(columns="seconds"), hb.drop(columns="seconds"))
+    # no clock time in the history: the whole file is the same
+    assert list(ha.columns) == ["epoch", "train_loss", "val_loss", "best"]
+    pd.testing.assert_frame_equal(ha, hb)
+    assert (tmp_path / "a/history.csv").read_bytes() == (tmp_path / "b/history.csv").read_bytes()
     assert len(ha) == 3 and ha["best"].sum() == 1
 
 
 def test_params_with_a_typo_or_a_bad_value_fail_naming_the_key():
-    assert anomaly.check_params({"train": {"epochs": 3}})["train"]["epochs"] == 3
-    with pytest.raises(ValueError, match=r"anomaly.score: unknown key\(s\) \['methd'\]"):
-        anomaly.check_params({"score": {"methd": "ssim"}})
-    with pytest.raises(ValueError, match="anomaly.train.lr must be a number > 0"):
-        anomaly.check_params({"train": {"lr": 0}})
-    with pytest.raises(ValueError, match="divisible"):
-        anomaly.check_params({"model": {"input_size": 100, "channels": [8, 16, 32]}})
-    with pytest.raises(ValueError, match="encoder blocks"):
-        anomaly.check_params({"model": {"channels": [8, 16]}, "score": {"level": 3}})
+    section = complete("anomaly", {"train": {"epochs": 3}})
+    assert section["train"]["epochs"] == 3
+    assert set(section) == {"model", "train", "score", "evaluate"}       # defaults filled
+    assert AutoencoderTrainSettings.from_params({"epochs": 3}).epochs == 3
+    with pytest.raises(ParamsError, match=r"anomaly\.score\.methd: unknown key"):
+        ScoreSettings.from_params({"methd": "ssim"})
+    with pytest.raises(ParamsError, match=r"anomaly\.score\.method: 'msx' is not allowed"):
+        complete("anomaly", {"score": {"method": "msx"}})
+    with pytest.raises(ParamsError, match=r"anomaly\.train\.lr: 0 is less than or equal to"):
+        AutoencoderTrainSettings.from_params({"lr": 0})
+    with pytest.raises(ParamsError, match=r"anomaly\.train\.progress: renamed; use progress"):
+        complete("anomaly", {"train": {"progress": True}})
+    for bad in (lambda: complete("anomaly", {"model": {"input_size": 100,
+                                                       "channels": [8, 16, 32]}}),
+                lambda: AutoencoderSettings.from_params({"input_size": 100,
+                                                         "channels": [8, 16, 32]})):
+        with pytest.raises(ParamsError, match=r"anomaly\.model\.input_size \(100\) must be "
+                                              r"divisible by 2\*\*len\(anomaly\.model\.channels\)"):
+            bad()
+    with pytest.raises(ParamsError, match="encoder block 3 does not exist"):
+        complete("anomaly", {"model": {"channels": [8, 16]}, "score": {"level": 3}})
 
 
 def test_training_without_normal_images_is_a_clear_error(tmp_path):
@@ -348,8 +367,30 @@ def test_evaluation_writes_metrics_scores_and_figures(tmp_path, method):
 
 
 def test_evaluation_rejects_a_classifier_checkpoint(tmp_path):
-    torch.save({"model": {}, "meta": {"arch": "resnet18"}}, tmp_path / "clf.pt")
+    save_checkpoint(tmp_path / "clf.pt", {}, {"arch": "resnet18"}, kind="classifier")
     processed = _write_prepared(tmp_path / "processed")
-    with pytest.raises(ValueError, match="not an autoencoder checkpoint"):
+    with pytest.raises(ValueError, match="classifier checkpoint, expected an? autoencoder"):
         anomaly.run_anomaly_evaluation(tmp_path / "clf.pt", processed,
                                        {"metrics": tmp_path / "m.json"}, params=_params())
+    # a best.pt written before checkpoints carried a format is refused, not misread
+    torch.save({"model": {}, "meta": {"kind": "autoencoder"}}, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="checkpoint format 1"):
+        anomaly.run_anomaly_evaluation(tmp_path / "old.pt", processed,
+                                       {"metrics": tmp_path / "m.json"}, params=_params())
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_evaluation_refuses_a_score_block_the_trained_model_lacks(tmp_path):
+    """The evaluate stage gets anomaly.score without anomaly.model: the trained model's
+    depth is checked when it is loaded."""
+    processed = _write_prepared(tmp_path / "processed")
+    params = _params(train={"epochs": 1})
+    anomaly.run_autoencoder_training(processed, tmp_path / "best.pt", tmp_path / "history.csv",
+                                     params={"model": params["model"], "train": params["train"]},
+                                     device="cpu", resume_root=tmp_path / "cache")
+    with pytest.raises(ValueError, match="encoder block 2 does not exist; the autoencoder has 2"):
+        anomaly.run_anomaly_evaluation(
+            tmp_path / "best.pt", processed, {"metrics": tmp_path / "m.json"},
+            params={"score": {"method": "feature_error", "level": 2},
+                    "evaluate": params["evaluate"]}, device="cpu")
+    assert not (tmp_path / "m.json").exists()

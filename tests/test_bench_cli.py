@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -17,13 +18,46 @@ def _load(name: str):
     return module
 
 
-def test_classify_accuracy_three_class_only_needs_the_binary_checkpoint(tmp_path, capsys):
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """The script sets PNEUMOCXR_RESUME_DIR and the thread counts (torch, BLAS/OpenMP): undo."""
+    from threadpoolctl import threadpool_limits
+
+    monkeypatch.setenv("PNEUMOCXR_RESUME_DIR", str(tmp_path / "resume"))
+    n = torch.get_num_threads()
+    with threadpool_limits(limits=None):      # restores the pools' sizes on exit
+        yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("flags", [
+    ["--tasks", "three_class"],
+    ["--tasks", "3class", "--init-3class", "binary"],          # the spellings of bench/results
+    ["--tasks", "three_class", "--init-three-class", "binary"],
+])
+def test_classify_accuracy_three_class_only_needs_the_binary_checkpoint(tmp_path, capsys, flags):
     bench = _load("classify_accuracy")
     with pytest.raises(SystemExit) as exc:
-        bench.main(["--tasks", "three_class", "--root", str(tmp_path / "no_data"),
+        bench.main([*flags, "--root", str(tmp_path / "no_data"),
                     "--workdir", str(tmp_path / "work"),
                     "--out", str(tmp_path / "out.json")])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "models/binary/resnet18/best.pt" in err and "--init-three_class none" in err
+    assert "models/binary/resnet18/best.pt" in err and "--init-three-class none" in err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_classify_accuracy_keeps_the_old_3class_flag_spellings_as_aliases():
+    ap = _load("classify_accuracy").parser()
+    new = ap.parse_args(["--epochs-three-class", "3", "--lr-three-class", "0.01",
+                         "--init-three-class", "none", "--tasks", "three_class",
+                         "--out", "o.json"])
+    old = ap.parse_args(["--epochs-3class", "3", "--lr-3class", "0.01", "--init-3class", "none",
+                         "--tasks", "3class", "--out", "o.json"])
+    assert vars(new) == vars(old)
+    assert (new.epochs_three_class, new.lr_three_class, new.init_three_class, new.tasks) == \
+        (3, 0.01, "none", ["three_class"])
+    both = ap.parse_args(["--tasks", "binary", "3class", "--out", "o.json"])
+    assert both.tasks == ["binary", "three_class"]
+    with pytest.raises(SystemExit):
+        ap.parse_args(["--tasks", "four_class", "--out", "o.json"])

@@ -79,5 +79,7 @@ def test_overlay_prints_as_dvc_set_flags(repo_root, monkeypatch, capsys):
     monkeypatch.chdir(repo_root)
     assert cli_main(["params", "--overlay", "config/demo.yaml", "--dvc-set"]) == 0
     out = capsys.readouterr().out
-    assert "-S 'data.source=\"demo\"'" in out
-    assert "prepare.crop=64" in out
+    # one word per flag value (no quotes), so `dvc exp run $(pneumocxr params --dvc-set ...)`
+    # survives the shell's word split
+    assert "-S data.source=demo " in out
+    assert "-S prepare.crop=64 " in out

@@ -19,8 +19,10 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from pneumocxr.config import dag_structure, load_params
 from pneumocxr.data import demo
 from pneumocxr.data.demo import CLASS_MIX, generate_demo, plan_demo, render_chest_xray
+from pneumocxr.stage import format_structure
 
 # The real name patterns (shared data README): normals IM-XXXX-YYYY[-ZZZZ] and
 # NORMAL2-IM-XXXX-YYYY[-ZZZZ]; pneumonia personN_bacteria_M / personN_virus_M.
@@ -222,7 +224,9 @@ def test_make_demo_script_writes_the_set_through_the_dvc_route(repo_root, tmp_pa
     out, log = tmp_path / "demo" / "chest_xray", tmp_path / "logs" / "make_demo.log"
     cmd = [sys.executable, "workflow/scripts/make_demo.py", "--rule", "make_demo",
            "--output", f"root={out}", "--log", str(log), "--params", "demo",
-           "--params-file", str(params_file)]
+           "--params-file", str(params_file),
+           # as in dvc.yaml: the stage-defining params the command was generated for
+           "--dag", *format_structure(dag_structure(load_params(params_file)))]
     proc = subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     direct = tmp_path / "direct"
@@ -238,7 +242,8 @@ def test_make_demo_script_refuses_a_filled_folder_with_one_clear_line(
     (out / "train" / "stale.jpeg").write_bytes(b"stale")
     monkeypatch.chdir(repo_root)
     monkeypatch.setattr(sys, "argv", [
-        "make_demo.py", "--rule", "make_demo", "--output", f"root={out}", "--params", "demo"])
+        "make_demo.py", "--rule", "make_demo", "--output", f"root={out}", "--params", "demo",
+        "--dag", *format_structure(dag_structure(load_params("params.yaml")))])
     with pytest.raises(SystemExit) as exc:   # the same script, in-process (no second import)
         runpy.run_path("workflow/scripts/make_demo.py", run_name="__main__")
     assert exc.value.code == 1

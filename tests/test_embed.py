@@ -10,7 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from pneumocxr import embed, knn
+from pneumocxr import embed, knn, tsne_knn
+from pneumocxr.checkpoint import save_checkpoint
+from pneumocxr.config import ParamsError
+from pneumocxr.settings import KnnSettings, TsneSettings
 
 NORM = {"mean": [0.5], "std": [0.25]}
 
@@ -175,7 +178,6 @@ def test_every_registered_architecture_gives_one_embedding_row_per_image(arch):
 
 
 def _checkpoint(path, task, arch="resnet18", input_size=32):
-    from pneumocxr.checkpoint import atomic_save
     from pneumocxr.datasets import TASKS
 
     torch.manual_seed(0)
@@ -183,12 +185,12 @@ def _checkpoint(path, task, arch="resnet18", input_size=32):
     model = models.create_model(arch, num_classes=len(names), in_chans=1, weights=None)
     meta = {"arch": arch, "task": task, "class_names": names, "in_chans": 1,
             "input_size": input_size, "normalization": models.default_normalization(1)}
-    atomic_save({"model": model.state_dict(), "meta": meta}, path)
+    save_checkpoint(path, model.state_dict(), meta, kind="classifier")
     return model.eval(), meta
 
 
 def test_run_embed_reads_the_checkpoint_and_matches_the_classifiers_own_predictions(tmp_path):
-    from pneumocxr.evaluate import predict_logits
+    from pneumocxr.inference import predict_logits
 
     processed = _write_processed(tmp_path / "processed", size=40)  # resized to 32 like training
     model, meta = _checkpoint(tmp_path / "models" / "three_class" / "resnet18" / "best.pt", "three_class")
@@ -205,15 +207,15 @@ def test_run_embed_reads_the_checkpoint_and_matches_the_classifiers_own_predicti
 
 
 def test_run_embed_refuses_a_checkpoint_without_a_known_task(tmp_path):
-    from pneumocxr.checkpoint import atomic_save
-
     processed = _write_processed(tmp_path / "processed", size=32)
     model = models.create_model("resnet18", num_classes=2, in_chans=1, weights=None)
     meta = {"arch": "resnet18", "task": "binaryish", "class_names": ["normal", "pneumonia"],
             "in_chans": 1, "input_size": 32, "normalization": models.default_normalization(1)}
-    atomic_save({"model": model.state_dict(), "meta": meta}, tmp_path / "best.pt")
+    save_checkpoint(tmp_path / "best.pt", model.state_dict(), meta, kind="classifier")
     with pytest.raises(ValueError, match="task 'binaryish' is not one of"):
-        embed.run_embed(tmp_path / "best.pt", processed, tmp_path / "e.npz", progress=False)
+        embed.run_embed(tmp_path / "best.pt", processed, tmp_path / "e.npz", batch_size=4,
+                        channels_last=False, progress=False)
+    assert not (tmp_path / "e.npz").exists()
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,9 +281,9 @@ def test_load_embeddings_names_the_stage_to_run_when_missing(tmp_path):
 def test_tsne_map_is_identical_for_the_same_seed_and_differs_for_another():
     x = np.random.default_rng(0).normal(size=(60, 10)).astype(np.float32)
     kw = dict(perplexity=10, max_iter=250)
-    a = embed.tsne_map(x, seed=3, **kw)
-    b = embed.tsne_map(x, seed=3, **kw)
-    c = embed.tsne_map(x, seed=4, max_points=40, **kw)
+    a = tsne_knn.tsne_map(x, seed=3, **kw)
+    b = tsne_knn.tsne_map(x, seed=3, **kw)
+    c = tsne_knn.tsne_map(x, seed=4, max_points=40, **kw)
     assert a.coords.shape == (60, 2)
     np.testing.assert_array_equal(a.coords, b.coords)
     assert a.kl_divergence == b.kl_divergence
@@ -291,7 +293,7 @@ def test_tsne_map_is_identical_for_the_same_seed_and_differs_for_another():
 
 def test_tsne_map_explains_a_perplexity_too_large_for_the_points():
     with pytest.raises(ValueError, match="lower embed.tsne.perplexity"):
-        embed.tsne_map(np.zeros((20, 3), np.float32), perplexity=30)
+        tsne_knn.tsne_map(np.zeros((20, 3), np.float32), perplexity=30)
 
 
 def test_separability_is_higher_for_separated_clusters_than_for_mixed_ones():
@@ -299,11 +301,11 @@ def test_separability_is_higher_for_separated_clusters_than_for_mixed_ones():
     y = np.arange(80) % 2
     separated = rng.normal(size=(80, 5)) + 6 * y[:, None]
     mixed = rng.normal(size=(80, 5))
-    s = embed.separability(separated, y)
-    m = embed.separability(mixed, y)
+    s = tsne_knn.separability(separated, y)
+    m = tsne_knn.separability(mixed, y)
     assert s["silhouette_euclidean"] > 0.5 > abs(m["silhouette_euclidean"])
     assert s["silhouette_cosine"] > m["silhouette_cosine"]
-    assert embed.separability(separated, np.zeros(80))["silhouette_euclidean"] is None
+    assert tsne_knn.separability(separated, np.zeros(80))["silhouette_euclidean"] is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,7 +332,7 @@ def test_run_tsne_knn_writes_figures_index_and_metrics_with_data_source(tmp_path
     path = embed.save_embeddings(_synthetic_set(), tmp_path / "embeddings.npz")
     out = {"tsne_png": tmp_path / "tsne.png", "confusion_png": tmp_path / "confusion.png",
            "index_path": tmp_path / "knn_index.npz", "metrics_path": tmp_path / "metrics.json"}
-    embed.run_tsne_knn(path, seed=0, bootstrap=50,
+    tsne_knn.run_tsne_knn(path, seed=0, bootstrap=50,
                        tsne={"perplexity": 10, "max_iter": 250, "train_points": 40},
                        knn={"k": [1, 3, 5]}, **out)
     assert out["tsne_png"].stat().st_size > 0 and out["confusion_png"].stat().st_size > 0
@@ -349,12 +351,26 @@ def test_run_tsne_knn_writes_figures_index_and_metrics_with_data_source(tmp_path
     assert index.info["data_source"] == "demo"
 
 
+def test_tsne_and_knn_params_are_checked_against_the_schema_naming_the_key(tmp_path):
+    assert TsneSettings.from_params({"perplexity": 10}).max_iter >= 250   # schema default
+    with pytest.raises(ParamsError, match=r"embed\.tsne\.max_iter: 100 is less than"):
+        TsneSettings.from_params({"max_iter": 100})
+    with pytest.raises(ParamsError, match=r"embed\.knn\.metrics\.0: 'manhattan' is not allowed"):
+        KnnSettings.from_params({"metrics": ["manhattan"]})
+    path = embed.save_embeddings(_synthetic_set(), tmp_path / "embeddings.npz")
+    with pytest.raises(ParamsError, match=r"embed\.knn\.kk: unknown key"):
+        tsne_knn.run_tsne_knn(path, seed=0, bootstrap=30, knn={"kk": [1]},
+                              tsne_png=tmp_path / "t.png", confusion_png=tmp_path / "c.png",
+                              index_path=tmp_path / "i.npz", metrics_path=tmp_path / "m.json")
+    assert not (tmp_path / "m.json").exists()
+
+
 def test_run_tsne_knn_is_deterministic_for_a_seed(tmp_path):
     path = embed.save_embeddings(_synthetic_set(), tmp_path / "embeddings.npz")
     runs = []
     for i in range(2):
         d = tmp_path / str(i)
-        embed.run_tsne_knn(path, seed=5, bootstrap=30, tsne={"perplexity": 10, "max_iter": 250},
+        tsne_knn.run_tsne_knn(path, seed=5, bootstrap=30, tsne={"perplexity": 10, "max_iter": 250},
                            knn={"k": [1, 3]}, tsne_png=d / "t.png", confusion_png=d / "c.png",
                            index_path=d / "i.npz", metrics_path=d / "m.json")
         runs.append((d / "m.json").read_text())

@@ -16,12 +16,19 @@ import yaml
 from sklearn.metrics import (accuracy_score, confusion_matrix, precision_recall_fscore_support,
                              roc_auc_score)
 
-from pneumocxr.evaluate import (choose_threshold, compare_models, expected_calibration_error,
-                                fit_temperature, nll, probabilities, reliability_bins,
-                                run_evaluation, split_metrics)
-from pneumocxr.metrics import binary_rates, bootstrap_ci, bootstrap_cis, youden_threshold
-from pneumocxr.train import fit, task_params
+from pneumocxr.calibration import (CALIBRATION_FORMAT, choose_threshold,
+                                   expected_calibration_error, fit_temperature, load_calibration,
+                                   nll, reliability_bins, run_calibration)
+from pneumocxr.compare import compare_models
+from pneumocxr.config import dag_structure, load_params
 from pneumocxr.datasets import load_task_split
+from pneumocxr.evaluate import evaluate_checkpoint, run_evaluation, split_metrics
+from pneumocxr.logits import probabilities
+from pneumocxr.metrics import binary_rates, bootstrap_ci, bootstrap_cis, youden_threshold
+from pneumocxr.settings import TrainSettings
+from pneumocxr.stage import format_structure
+from pneumocxr.train import fit
+from pneumocxr.utils import write_json
 
 from test_train import FAST, TINY, write_processed
 
@@ -140,17 +147,21 @@ def test_binary_rates_at_half_do_not_depend_on_the_temperature():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A tiny processed folder with binary and 3-class resnet18 checkpoints (1 epoch each)."""
+    """A tiny processed folder with binary and 3-class resnet18 checkpoints (1 epoch each),
+    each calibrated on its val predictions (``calibration.json`` beside ``best.pt``)."""
     root = tmp_path_factory.mktemp("eval")
     processed = write_processed(root / "processed", TINY)
     paths = {}
-    init = None
+    init = "none"
     for task in ("binary", "three_class"):
         (train, src), (val, _) = (load_task_split(processed, s, task) for s in ("train", "val"))
         out = root / "models" / task / "resnet18"
-        fit(train, val, arch="resnet18", task=task, params=task_params({**FAST, "epochs": 1}, task),
-            model_path=out / "best.pt", history_path=out / "history.csv", data_source=src,
+        fit(train, val, arch="resnet18", task=task,
+            params=TrainSettings.for_task({**FAST, "epochs": 1}, task),
+            model_path=out / "best.pt", history_path=out / "history.csv",
+            val_predictions_path=out / "val_predictions.csv", data_source=src,
             init=init, resume=False, resume_root=root / "resume")
+        run_calibration(out / "val_predictions.csv", out / "calibration.json")
         paths[task] = out
         init = out / "best.pt"
     return processed, paths
@@ -169,9 +180,13 @@ def _outputs(out: Path, task: str) -> dict[str, Path]:
 def test_run_evaluation_writes_metrics_predictions_and_figures(trained, tmp_path, task):
     processed, paths = trained
     outputs = _outputs(tmp_path, task)
+    calibration = load_calibration(paths[task] / "calibration.json")
     metrics = run_evaluation(paths[task] / "best.pt", processed, outputs, task=task,
-                             arch="resnet18", history_path=paths[task] / "history.csv",
+                             calibration=paths[task] / "calibration.json",
+                             history_path=paths[task] / "history.csv",
                              params={"n_boot": 20}, seed=0)
+    assert metrics["temperature"] == calibration["temperature"]
+    assert metrics["operating_threshold"] == calibration["operating_threshold"]
     for path in outputs.values():
         assert path.is_file() and path.stat().st_size > 0, path
     saved = json.loads(outputs["metrics"].read_text())
@@ -180,7 +195,8 @@ def test_run_evaluation_writes_metrics_predictions_and_figures(trained, tmp_path
     test = saved["test"]
     assert test["n_images"] == sum(TINY["test"].values())
     assert set(test["calibration"]) >= {"ece_before", "ece_after"}
-    assert test["at_operating"]["threshold"] == metrics["operating_threshold"]["value"]
+    assert test["at_operating"]["threshold"] == metrics["operating_threshold"]["value"] \
+        == calibration["operating_threshold"]["value"]
     assert ("folded" in test) == (task == "three_class")
     preds = pd.read_csv(outputs["predictions"])
     assert set(preds["split"]) == {"val", "test", "val_official"}
@@ -195,9 +211,54 @@ def test_evaluation_refuses_a_checkpoint_of_another_task_or_a_folded_binary_figu
     with pytest.raises(ValueError, match="only exists for task three_class"):
         run_evaluation(paths["binary"] / "best.pt", processed, {"folded": tmp_path / "f.png"},
                        task="binary")
-    with pytest.raises(ValueError, match="unknown keys"):
+    with pytest.raises(ValueError, match=r"evaluate\.n_bootstrap: unknown key"):
         run_evaluation(paths["binary"] / "best.pt", processed, {}, task="binary",
                        params={"n_bootstrap": 10})
+    with pytest.raises(ValueError, match="unknown evaluate outputs"):
+        run_evaluation(paths["binary"] / "best.pt", processed, {"metricz": tmp_path / "m.json"},
+                       task="binary")
+
+
+def test_evaluation_without_calibration_uses_temperature_1_and_threshold_half(trained):
+    processed, paths = trained
+    settings = {"n_boot": 10, "splits": ["val", "test"]}
+    metrics, preds = evaluate_checkpoint(paths["binary"] / "best.pt", processed, task="binary",
+                                         settings=settings)
+    assert metrics["temperature"] == 1.0 and metrics["operating_threshold"]["value"] == 0.5
+    assert metrics["test"]["at_operating"]["threshold"] == 0.5
+    assert (preds["pred_operating"] == (preds["pneumonia_score"] >= 0.5)).all()
+    # a calibration given as its content, not its file, is read the same
+    cal = load_calibration(paths["binary"] / "calibration.json")
+    by_path, _ = evaluate_checkpoint(paths["binary"] / "best.pt", processed, task="binary",
+                                     calibration=paths["binary"] / "calibration.json",
+                                     settings=settings)
+    by_dict, _ = evaluate_checkpoint(paths["binary"] / "best.pt", processed, task="binary",
+                                     calibration=cal, settings=settings)
+    assert by_path == by_dict and by_path["temperature"] == cal["temperature"]
+
+
+def test_calibration_json_records_its_fit_and_a_file_of_another_format_is_refused(trained,
+                                                                                  tmp_path):
+    processed, paths = trained
+    cal = load_calibration(paths["three_class"] / "calibration.json")
+    assert cal["format"] == CALIBRATION_FORMAT and cal["temperature"] > 0
+    assert cal["operating_threshold"]["rule"] == "youden"
+    assert cal["fitted_on"]["split"] == "val"
+    assert cal["fitted_on"]["n_images"] == sum(TINY["val"].values())
+    assert cal["fitted_on"]["class_counts"] == TINY["val"]
+    # the sensitivity rule of params calibrate
+    sens = run_calibration(paths["binary"] / "val_predictions.csv", tmp_path / "s.json",
+                           {"rule": "sensitivity", "target_sensitivity": 0.9})
+    assert sens["operating_threshold"]["rule"] == "sensitivity"
+    assert sens["operating_threshold"]["val_sensitivity"] >= 0.9
+    write_json({"temperature": 1.0, "operating_threshold": {"value": 0.5}}, tmp_path / "old.json")
+    with pytest.raises(ValueError, match="not a calibration file of format"):
+        load_calibration(tmp_path / "old.json")
+    with pytest.raises(FileNotFoundError, match="run the calibrate stage"):
+        load_calibration(tmp_path / "missing.json")
+    with pytest.raises(ValueError, match=r"calibrate\.rule: 'test' is not allowed"):
+        run_calibration(paths["binary"] / "val_predictions.csv", tmp_path / "x.json",
+                        {"rule": "test"})
 
 
 def test_compare_models_labels_bars_with_size_and_weights(trained, tmp_path):
@@ -206,7 +267,8 @@ def test_compare_models_labels_bars_with_size_and_weights(trained, tmp_path):
     for task in ("binary", "three_class"):
         out = tmp_path / task
         run_evaluation(paths[task] / "best.pt", processed, {"metrics": out / "metrics.json"},
-                       task=task, params={"n_boot": 20, "splits": ["val", "test"]})
+                       task=task, calibration=paths[task] / "calibration.json",
+                       params={"n_boot": 20, "splits": ["val", "test"]})
         files.append(out / "metrics.json")
     table = compare_models(files, tmp_path / "cmp.png", tmp_path / "cmp.csv")
     assert (tmp_path / "cmp.png").stat().st_size > 0
@@ -227,26 +289,43 @@ def test_train_and_evaluate_scripts_run_through_the_dvc_command_line(tmp_path):
     env = {**os.environ, "PNEUMOCXR_RESUME_DIR": str(tmp_path / "resume"),
            "OMP_NUM_THREADS": "1"}
     model = tmp_path / "models" / "binary" / "resnet18" / "best.pt"
+    calibration = model.parent / "calibration.json"
     hist = tmp_path / "results" / "history.csv"
-    common = ["--params-file", str(tmp_path / "params.yaml"), "--threads", "1"]
-    subprocess.run([sys.executable, "workflow/scripts/train.py", "--rule", "train",
-                    "--input", f"processed={processed}", "--output", f"model={model}",
-                    f"history={hist}", "--log", str(tmp_path / "train.log"),
+    val_pred = tmp_path / "results" / "val_predictions.csv"
+    # as dvc.yaml runs them: the stage-defining params each command was generated for
+    dag = format_structure(dag_structure(load_params(tmp_path / "params.yaml")))
+    common = ["--params-file", str(tmp_path / "params.yaml"), "--threads", "1", "--dag", *dag]
+    binary = ["--wildcards", "task=binary", "arch=resnet18"]
+    subprocess.run([sys.executable, "workflow/scripts/train.py", "--rule", "train_binary",
+                    *binary, "--input", f"processed={processed}", "--output", f"model={model}",
+                    f"history={hist}", f"val_predictions={val_pred}",
+                    "--log", str(tmp_path / "train.log"),
                     "--params", "train", "seed", "device", *common],
                    cwd=REPO, env=env, check=True, capture_output=True)
-    assert model.is_file() and hist.is_file()
+    assert model.is_file() and hist.is_file() and val_pred.is_file()
+    subprocess.run([sys.executable, "workflow/scripts/calibrate.py", "--rule", "calibrate",
+                    *binary, "--input", f"predictions={val_pred}",
+                    "--output", f"calibration={calibration}",
+                    "--log", str(tmp_path / "calibrate.log"), "--params", "calibrate", *common],
+                   cwd=REPO, env=env, check=True, capture_output=True)
+    assert load_calibration(calibration)["operating_threshold"]["rule"] == "youden"
     metrics = tmp_path / "results" / "metrics.json"
-    subprocess.run([sys.executable, "workflow/scripts/evaluate.py", "--rule", "evaluate",
-                    "--input", f"model={model}", f"processed={processed}", f"history={hist}",
+    subprocess.run([sys.executable, "workflow/scripts/evaluate.py", "--rule", "evaluate_binary",
+                    *binary, "--input", f"model={model}", f"calibration={calibration}",
+                    f"processed={processed}", f"history={hist}",
                     "--output", f"metrics={metrics}", f"curves={tmp_path / 'curves.png'}",
                     "--log", str(tmp_path / "evaluate.log"), "--params", "evaluate", "seed",
                     *common], cwd=REPO, env=env, check=True, capture_output=True)
-    assert json.loads(metrics.read_text())["arch"] == "resnet18"
+    saved = json.loads(metrics.read_text())
+    assert saved["arch"] == "resnet18"
+    assert saved["operating_threshold"] == load_calibration(calibration)["operating_threshold"]
     # a 3-class run from another architecture's checkpoint fails with one clear line
-    bad = subprocess.run([sys.executable, "workflow/scripts/train.py", "--rule", "train",
+    bad = subprocess.run([sys.executable, "workflow/scripts/train.py", "--rule",
+                          "train_three_class", "--wildcards", "task=three_class", "arch=vgg16",
                           "--input", f"processed={processed}", f"init={model}", "--output",
                           f"model={tmp_path / 'models' / 'three_class' / 'vgg16' / 'best.pt'}",
-                          f"history={tmp_path / 'h3.csv'}", "--params", "train", "seed",
+                          f"history={tmp_path / 'h3.csv'}",
+                          f"val_predictions={tmp_path / 'v3.csv'}", "--params", "train", "seed",
                           "device", *common], cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode == 1
     assert "'resnet18' cannot initialise 'vgg16'" in bad.stderr

@@ -284,7 +284,7 @@ def test_attribution_share_counts_positive_mass_only_and_adjusting_the_mask_chan
 
 
 def test_lung_mask_covers_a_plausible_share_of_real_chest_xrays(kermany_root):
-    cfg = PreprocessConfig(resize=256, crop=224)
+    cfg = PreprocessConfig.from_params({"resize": 256, "crop": 224})
     files = [p for label in ("NORMAL", "PNEUMONIA")
              for p in sorted((kermany_root / "test" / label).glob("*.jpeg"))[:10]]
     fractions, both_sides = [], []

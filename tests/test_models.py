@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from pneumocxr.checkpoint import atomic_save
+from pneumocxr.checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from pneumocxr.models import (Classifier, WeightsUnavailableError, adapt_stem_weight,
                               check_input_size, create_model, get_model_spec, list_models,
                               load_model)
@@ -26,7 +26,7 @@ def _save_best(model: Classifier, path, class_names=("normal", "pneumonia")):
     meta = {"arch": model.arch, "task": "binary" if len(class_names) == 2 else "three_class",
             "class_names": list(class_names), "in_chans": model.in_chans, "input_size": 32,
             "normalization": {"mean": [0.449], "std": [0.226]}}
-    atomic_save({"model": model.state_dict(), "meta": meta}, path)
+    save_checkpoint(path, model.state_dict(), meta, kind="classifier")
     return path
 
 
@@ -154,6 +154,24 @@ def test_load_model_rejects_a_checkpoint_of_another_class_count_or_arch(tmp_path
         load_model(path, arch="vgg16")
     with pytest.raises(FileNotFoundError):
         load_model(tmp_path / "missing.pt")
+
+
+def test_checkpoint_metadata_round_trips_and_old_or_other_kind_files_are_refused(tmp_path):
+    model = create_model("resnet18", 2)
+    path = _save_best(model, tmp_path / "best.pt")
+    ckpt = load_checkpoint(path, kind="classifier")
+    assert ckpt["format"] == 2 and ckpt["kind"] == "classifier"
+    assert ckpt["meta"]["normalization"] == {"mean": [0.449], "std": [0.226]}
+    with pytest.raises(ValueError, match="classifier checkpoint, expected an? autoencoder"):
+        load_checkpoint(path, kind="autoencoder")
+    # a best.pt of format 1 ({"model", "meta"}, threshold inside) is named, not misread
+    old = atomic_save({"model": model.state_dict(), "meta": {"arch": "resnet18"}},
+                      tmp_path / "old.pt")
+    for load in (load_checkpoint, load_model):
+        with pytest.raises(ValueError, match="checkpoint format 1"):
+            load(old)
+    with pytest.raises(ValueError, match="checkpoint format 1"):
+        create_model("resnet18", 3, weights=old)
 
 
 def test_weights_none_as_python_none_builds_from_scratch():

@@ -15,7 +15,7 @@ from PIL import Image
 
 from pneumocxr import CLASS_NAMES_3, CLASS_NAMES_BINARY
 from pneumocxr.anomaly import ConvAutoencoder
-from pneumocxr.checkpoint import atomic_save
+from pneumocxr.checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from pneumocxr.cli import EXIT_SOME_FAILED, main
 from pneumocxr.data.dicom import encode_dicom
 from pneumocxr.data.preprocess import PreprocessConfig, preprocess
@@ -24,19 +24,24 @@ from pneumocxr.knn import build_index, save_knn_index
 from pneumocxr.models import create_model, default_normalization, normalize
 from pneumocxr.predict import (ModelDirError, expand_inputs, explain_files, load_predictor,
                                predict_files)
+from pneumocxr.utils import write_json
 
 SIZE = 32
 PREP = {"resize": 40, "crop": SIZE, "clahe": {"clip_limit": 2.0, "tile_grid": 8}}
 
 
-def _classifier(path: Path, task: str, names, seed: int, **extra) -> None:
+def _classifier(path: Path, task: str, names, seed: int, temperature: float = 1.5,
+                **extra) -> None:
+    """A classifier ``best.pt`` and, beside it, the ``calibration.json`` of its calibrate stage."""
     torch.manual_seed(seed)
     model = create_model("resnet18", len(names))
     meta = {"arch": "resnet18", "task": task, "class_names": list(names), "in_chans": 1,
             "input_size": SIZE, "normalization": default_normalization(1),
-            "operating_threshold": {"value": 0.5, "rule": "youden"}, "temperature": 1.5,
             "data_source": "kermany", "preprocess": {**PREP, "variant": "plain"}, **extra}
-    atomic_save({"model": model.state_dict(), "meta": meta}, path)
+    save_checkpoint(path, model.state_dict(), meta, kind="classifier")
+    write_json({"format": 1, "temperature": temperature,
+                "operating_threshold": {"value": 0.5, "rule": "youden"}},
+               path.parent / "calibration.json")
 
 
 def _write_models(root: Path, *, knn_dim: int = 512) -> Path:
@@ -55,7 +60,7 @@ def _write_models(root: Path, *, knn_dim: int = 512) -> Path:
     meta = {"kind": "autoencoder", "model": ae.config(), "variant": "clahe", "best_epoch": 3,
             "val_mse": 0.01, "data_source": "kermany",
             "preprocess": {**PREP, "variant": "clahe"}}
-    atomic_save({"model": ae.state_dict(), "meta": meta}, models / "autoencoder/best.pt")
+    save_checkpoint(models / "autoencoder/best.pt", ae.state_dict(), meta, kind="autoencoder")
     (root / "anomaly").mkdir(parents=True)
     (root / "anomaly/metrics.json").write_text(json.dumps({
         "threshold": {"value": 0.3, "rule": "eer"},
@@ -94,7 +99,10 @@ def test_prediction_matches_the_training_input_path(predictor, tmp_path):
     r = rows[0]
     assert r.ok, r.error
     b = predictor.binary
-    crop = preprocess(img, PreprocessConfig(40, SIZE), clahe=False)
+    assert b.temperature == 1.5 and b.threshold == 0.5       # from calibration.json
+    assert b.calibration_path == b.path.parent / "calibration.json"
+    crop = preprocess(img, PreprocessConfig.from_params({"resize": 40, "crop": SIZE}),
+                      clahe=False)
     x = normalize(to_float(torch.from_numpy(crop)[None, None], SIZE),
                   b.meta["normalization"])
     with torch.inference_mode():
@@ -220,6 +228,27 @@ def test_mismatched_pieces_are_refused(tmp_path):
         load_predictor(root)
 
 
+def test_a_classifier_without_its_calibration_or_of_the_old_format_is_refused(tmp_path):
+    root = _write_models(tmp_path / "r1")
+    (root / "models/three_class/resnet18/calibration.json").unlink()
+    with pytest.raises(ModelDirError, match=r"three_class/resnet18/calibration\.json: "
+                                            r"calibration file not found; run the calibrate"):
+        load_predictor(root)
+    root = _write_models(tmp_path / "r2")
+    write_json({"temperature": 1.5, "operating_threshold": {"value": 0.5}},
+               root / "models/binary/resnet18/calibration.json")
+    with pytest.raises(ModelDirError, match="not a calibration file of format 1"):
+        load_predictor(root)
+    root = _write_models(tmp_path / "r3")
+    ckpt = load_checkpoint(root / "models/binary/resnet18/best.pt")
+    # a best.pt of before the calibrate stage (format 1: threshold and temperature inside)
+    atomic_save({"model": ckpt["model"], "meta": {**ckpt["meta"], "temperature": 1.5,
+                 "operating_threshold": {"value": 0.5, "rule": "youden"}}},
+                root / "models/binary/resnet18/best.pt")
+    with pytest.raises(ModelDirError, match="checkpoint format 1"):
+        load_predictor(root)
+
+
 def test_optional_pieces_missing_leave_their_columns_empty(tmp_path):
     root = _write_models(tmp_path / "r")
     shutil.rmtree(root / "models/three_class")
@@ -235,16 +264,16 @@ def test_preprocessing_falls_back_to_info_json_or_stops(tmp_path):
     root = _write_models(tmp_path / "r")
     for rel in ("models/binary/resnet18/best.pt", "models/three_class/resnet18/best.pt",
                 "models/autoencoder/best.pt"):
-        ckpt = torch.load(root / rel, weights_only=False)
+        ckpt = load_checkpoint(root / rel)
         del ckpt["meta"]["preprocess"]
-        torch.save(ckpt, root / rel)
+        save_checkpoint(root / rel, ckpt["model"], ckpt["meta"], kind=ckpt["kind"])
     with pytest.raises(ModelDirError, match="--prepared"):
         load_predictor(root, prepared=tmp_path / "nowhere")
     prepared = tmp_path / "processed"
     prepared.mkdir()
     (prepared / "info.json").write_text(json.dumps({"data_source": "kermany", **PREP}))
     pred = load_predictor(root, prepared=prepared)
-    assert pred.binary.preprocess == PreprocessConfig(40, SIZE)
+    assert pred.binary.preprocess == PreprocessConfig(40, SIZE, 2.0, 8)
     assert pred.anomaly.clahe and not pred.binary.clahe
     (prepared / "info.json").write_text(json.dumps({"data_source": "demo", **PREP}))
     with pytest.raises(ModelDirError, match="'demo' data"):

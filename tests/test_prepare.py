@@ -15,10 +15,17 @@ import pytest
 import yaml
 from PIL import Image
 
+from pneumocxr.config import complete, dag_structure, load_params
 from pneumocxr.data.arrays import METADATA_COLUMNS, SPLITS, load_split, read_info
 from pneumocxr.data.prepare import prepare
+from pneumocxr.stage import format_structure
 
 SIZE = dict(resize=40, crop=32, min_side=32)
+#: params ``data`` keys prepare takes as arguments, at the schema's defaults
+DATA_DEFAULTS = {k: v for k, v in complete("data", {"source": "kermany", "root": "x"}).items()
+                 if k in ("split_seed", "val_fraction", "min_side", "max_pixels")}
+#: keys of params ``prepare`` (the ``prepare_params`` argument)
+PREPARE_KEYS = ("resize", "crop", "variants", "clahe")
 
 
 def _img(rng, h=48, w=56) -> np.ndarray:
@@ -48,10 +55,12 @@ def write_layout(root, seed=0, n=(18, 18, 18), n_test=4, with_val=True):
 
 
 def _run(root, tmp_path, tag="run", **kw):
-    args = dict(SIZE, val_fraction=0.25, seed=3, threads=2, progress=False)
+    args = dict(DATA_DEFAULTS, **SIZE, val_fraction=0.25, split_seed=3, threads=2,
+                progress=False)
     args.update(kw)
+    prep = {k: args.pop(k) for k in PREPARE_KEYS if k in args}
     out, rep = tmp_path / tag / "processed", tmp_path / tag / "reports"
-    summary = prepare(args.pop("source", "kermany"), root, out, rep, **args)
+    summary = prepare(args.pop("source", "kermany"), root, out, rep, prepare_params=prep, **args)
     return summary, out, rep
 
 
@@ -305,9 +314,10 @@ def test_medmnist_real_npz_reports_its_cross_split_duplicates(medmnist_npz, tmp_
 
 
 def _params_file(tmp_path, root, **data) -> str:
-    params = {"seed": 3, "device": "cpu",
+    # the split has its own seed: the top-level seed (of training) must not reach prepare
+    params = {"seed": 5, "device": "cpu",
               "data": {"source": "kermany", "root": str(root), "val_fraction": 0.25,
-                       "min_side": 32, **data},
+                       "min_side": 32, "split_seed": 3, **data},
               "prepare": {"resize": 40, "crop": 32, "variants": ["plain", "clahe"]}}
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
@@ -321,7 +331,8 @@ def _script(repo_root, tmp_path, raw, params_file):
            "--output", f"processed={tmp_path / 'processed'}", f"summary={res / 'summary.json'}",
            f"rejected={res / 'rejected.csv'}", f"overview={res / 'overview.png'}",
            "--log", str(tmp_path / "prepare.log"), "--threads", "2",
-           "--params", "data", "prepare", "seed", "--params-file", params_file]
+           "--params", "data", "prepare", "--params-file", params_file,
+           "--dag", *format_structure(dag_structure(load_params(params_file)))]
     return subprocess.run(cmd, cwd=repo_root, capture_output=True, text=True, timeout=300)
 
 
@@ -330,7 +341,9 @@ def test_script_runs_through_the_dvc_route(repo_root, tmp_path):
     proc = _script(repo_root, tmp_path, raw, _params_file(tmp_path, raw))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "results" / "data" / "summary.json").read_text())
-    assert summary["params"]["threads"] == 2 and summary["params"]["seed"] == 3
+    assert summary["params"]["threads"] == 2 and summary["params"]["split_seed"] == 3
+    assert "seed" not in summary["params"]
+    assert read_info(tmp_path / "processed")["split_seed"] == 3
     assert (tmp_path / "results" / "data" / "overview.png").is_file()
     n_test = len(list((raw / "test").glob("*/*.jpeg")))
     assert len(load_split(tmp_path / "processed", "test", "clahe")) == n_test
@@ -348,7 +361,7 @@ def test_script_missing_data_exits_1_with_one_clear_line(repo_root, tmp_path):
 @pytest.mark.slow
 def test_real_kermany_data_is_prepared_completely(kermany_root, tmp_path):
     summary, out, rep = _run(kermany_root, tmp_path, resize=73, crop=64, min_side=64,
-                             val_fraction=0.1, seed=42, threads=2)
+                             val_fraction=0.1, split_seed=42, threads=2)
     off = summary["counts_official"]
     # the shared README's table
     expected = {"train": (1205, 3487, 2277, 1210), "val": (8, 8, 8, 0),

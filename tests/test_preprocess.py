@@ -93,13 +93,13 @@ def test_preprocess_applies_clahe_before_resizing():
 
 def test_preprocess_scales_16bit_input():
     wide = (_image(80, 80).astype(np.uint16) * 16)     # 12-bit range
-    out = preprocess(wide, PreprocessConfig(resize=80, crop=80))
+    out = preprocess(wide, PreprocessConfig.from_params({"resize": 80, "crop": 80}))
     assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
 
 
 def test_make_variants_gives_plain_and_clahe_and_rejects_unknown_names():
     img = _image(100, 120)
-    cfg = PreprocessConfig(resize=50, crop=40)
+    cfg = PreprocessConfig.from_params({"resize": 50, "crop": 40})
     out = make_variants(img, cfg, ["plain", "clahe"])
     assert set(out) == {"plain", "clahe"}
     np.testing.assert_array_equal(out["plain"], center_crop(resize_shorter(img, 50), 40))
@@ -110,4 +110,4 @@ def test_make_variants_gives_plain_and_clahe_and_rejects_unknown_names():
 
 def test_config_refuses_a_crop_larger_than_the_resize():
     with pytest.raises(ValueError, match=r"prepare.crop \(80\) must not exceed prepare.resize"):
-        PreprocessConfig(resize=64, crop=80)
+        PreprocessConfig.from_params({"resize": 64, "crop": 80})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,10 +11,13 @@ import pandas as pd
 import pytest
 import torch
 
+from pneumocxr.calibration import run_calibration
 from pneumocxr.checkpoint import load_checkpoint
+from pneumocxr.config import ParamsError
 from pneumocxr.datasets import ArrayDataset, Augment, load_task_split, to_float
-from pneumocxr.train import (HISTORY_COLUMNS, check_params, fit, task_arch_from_path,
-                             task_params)
+from pneumocxr.logits import read_predictions
+from pneumocxr.settings import CalibrateSettings, TrainSettings
+from pneumocxr.train import HISTORY_COLUMNS, fit, run_training, subsample_by_patient
 
 SUBTYPES = ("normal", "bacteria", "virus")
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -80,10 +84,43 @@ def _datasets(processed, task="binary"):
 
 def _fit(processed, out: Path, task="binary", params=None, **kw):
     (train, source), (val, _) = (load_task_split(processed, s, task) for s in ("train", "val"))
-    p = task_params({**FAST, **(params or {})}, task)
+    p = TrainSettings.for_task({**FAST, **(params or {})}, task)
     kw.setdefault("resume_root", out / "resume")
     return fit(train, val, arch="resnet18", task=task, params=p, model_path=out / "best.pt",
-               history_path=out / "history.csv", seed=kw.pop("seed", 0), data_source=source, **kw)
+               history_path=out / "history.csv",
+               val_predictions_path=out / "val_predictions.csv", seed=kw.pop("seed", 0),
+               data_source=source, **kw)
+
+
+def smoke_run(processed_dir: Path, workdir: Path, *, task: str = "binary",
+              arch: str = "resnet18", n_train: int = 500, epochs: int = 2,
+              input_size: int = 64, seed: int = 0, n_boot: int = 50) -> dict:
+    """A short real-data run for CI: ~``n_train`` train images, ``epochs``, ``input_size`` px.
+
+    Trains on a patient subsample, calibrates on the full val split, evaluates on the full
+    val/test splits and returns the evaluation metrics (e.g. ``metrics["test"]["auroc"]
+    ["value"]``). Writes only in ``workdir``.
+    """
+    from pneumocxr.evaluate import evaluate_checkpoint
+
+    workdir = Path(workdir)
+    train, source = load_task_split(processed_dir, "train", task)
+    val, _ = load_task_split(processed_dir, "val", task)
+    train = subsample_by_patient(train, n_train, seed)
+    p = TrainSettings.for_task({"epochs": epochs, "input_size": input_size, "batch_size": 32,
+                                "precision": "fp32"}, task)
+    model_path = workdir / "models" / task / arch / "best.pt"
+    fit(train, val, arch=arch, task=task, params=p, model_path=model_path,
+        history_path=workdir / "history.csv",
+        val_predictions_path=workdir / "val_predictions.csv", seed=seed, device="cpu",
+        data_source=source, resume=False, resume_root=workdir / "resume")
+    calibration = run_calibration(workdir / "val_predictions.csv",
+                                  model_path.parent / "calibration.json")
+    metrics, _ = evaluate_checkpoint(model_path, processed_dir, task=task,
+                                     calibration=calibration,
+                                     settings={"splits": ["val", "test"], "n_boot": n_boot},
+                                     seed=seed)
+    return metrics
 
 
 def _same_weights(a: Path, b: Path) -> bool:
@@ -116,8 +153,15 @@ def test_resume_after_a_kill_ends_bitwise_identical_to_an_uninterrupted_run(
     pd.testing.assert_frame_equal(h1[METRIC_COLUMNS], h2[METRIC_COLUMNS], check_exact=True)
     m1 = load_checkpoint(tmp_path / "straight" / "best.pt")["meta"]
     m2 = load_checkpoint(tmp_path / "killed" / "best.pt")["meta"]
-    assert m1["temperature"] == m2["temperature"]
-    assert m1["operating_threshold"] == m2["operating_threshold"]
+    assert m1 == m2
+    # the val predictions (the calibrate stage's input) and so the calibration are identical
+    assert (tmp_path / "straight" / "val_predictions.csv").read_bytes() == \
+        (tmp_path / "killed" / "val_predictions.csv").read_bytes()
+    c1, c2 = (run_calibration(tmp_path / run / "val_predictions.csv",
+                              tmp_path / run / "calibration.json")
+              for run in ("straight", "killed"))
+    assert c1["temperature"] == c2["temperature"]
+    assert c1["operating_threshold"] == c2["operating_threshold"]
 
 
 def test_same_params_and_seed_give_identical_results_and_another_seed_does_not(processed, tmp_path):
@@ -131,20 +175,39 @@ def test_same_params_and_seed_give_identical_results_and_another_seed_does_not(p
 
 
 def test_best_pt_holds_weights_and_metadata_but_no_optimizer_state(processed, tmp_path):
+    from pneumocxr.inference import predict_logits
+    from pneumocxr.models import load_model
+
     summary = _fit(processed, tmp_path, params={"epochs": 2})
-    ckpt = load_checkpoint(tmp_path / "best.pt")
-    assert set(ckpt) == {"model", "meta"}
+    ckpt = load_checkpoint(tmp_path / "best.pt", kind="classifier")
+    assert set(ckpt) == {"format", "kind", "model", "meta"}
+    assert (ckpt["format"], ckpt["kind"]) == (2, "classifier")
     meta = ckpt["meta"]
     for key in ("arch", "task", "class_names", "in_chans", "input_size", "normalization",
-                "operating_threshold", "temperature", "params", "versions", "data_source"):
+                "params", "versions", "data_source"):
         assert key in meta, key
+    # the operating point is the calibrate stage's, and no clock time goes in
+    for key in ("operating_threshold", "temperature", "created"):
+        assert key not in meta, key
     assert meta["class_names"] == ["normal", "pneumonia"] and meta["input_size"] == 32
     assert meta["data_source"] == "kermany" and meta["versions"]["torch"] == torch.__version__
-    assert 0.0 < meta["operating_threshold"]["value"] < 1.0 and meta["temperature"] > 0
     assert meta["best_epoch"] == summary["best_epoch"]
     hist = pd.read_csv(tmp_path / "history.csv")
+    assert tuple(HISTORY_COLUMNS) == tuple(METRIC_COLUMNS)   # no seconds, no images/s
     assert list(hist.columns) == list(HISTORY_COLUMNS) and list(hist["epoch"]) == [1, 2]
-    assert (hist["images_per_s"] > 0).all()
+    assert np.isfinite(hist.to_numpy(float)).all()
+    # the val predictions are the selected model's logits on the whole val split
+    pred = read_predictions(tmp_path / "val_predictions.csv", ["normal", "pneumonia"])
+    _, val = _datasets(processed)
+    np.testing.assert_array_equal(pred.labels, val.labels)
+    assert list(pred.patients) == list(val.patients)
+    model, meta = load_model(tmp_path / "best.pt")
+    logits = predict_logits(model, val, normalization=meta["normalization"], input_size=32)
+    np.testing.assert_allclose(pred.logits, logits, rtol=1e-6, atol=1e-6)
+    # calibrating them gives a temperature and a threshold strictly inside (0, 1)
+    cal = run_calibration(tmp_path / "val_predictions.csv", tmp_path / "calibration.json")
+    assert 0.0 < cal["operating_threshold"]["value"] < 1.0 and cal["temperature"] > 0
+    assert cal["fitted_on"]["n_images"] == len(val)
 
 
 def test_three_class_model_starts_from_the_binary_checkpoint_of_the_same_architecture(processed, tmp_path):
@@ -162,26 +225,40 @@ def test_three_class_model_starts_from_the_binary_checkpoint_of_the_same_archite
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"epochs": 0}, "epochs must be an integer >= 1"),
-    ({"lr": -1.0}, r"lr must be in \(0, 10\]"),
-    ({"batch_size": 1}, "batch_size must be an integer >= 2"),
-    ({"optimizer": "adam"}, "optimizer must be sgd or adamw"),
-    ({"augment": {"scale": [0.0, 1.0]}}, "augment.scale"),
-    ({"augment": {"zoom": 2}}, "unknown augment params"),
-    ({"threshold": {"rule": "test"}}, "threshold.rule"),
-    ({"epoch": 3}, "unknown keys"),
+    ({"epochs": 0}, r"train\.epochs: 0 is less than the minimum of 1"),
+    ({"lr": -1.0}, r"train\.lr: -1\.0 is less than or equal to the minimum of 0"),
+    ({"batch_size": 1}, r"train\.batch_size: 1 is less than the minimum of 2"),
+    ({"optimizer": "adam"}, r"train\.optimizer: 'adam' is not allowed; allowed values: "
+                            r"\['adamw', 'sgd'\]"),
+    ({"augment": {"scale": [0.0, 1.0]}}, r"train\.augment\.scale"),
+    ({"augment": {"scale": [0.9, 0.5]}}, r"train\.augment\.scale: \[min, max\] with min <= max"),
+    ({"augment": {"zoom": 2}}, r"train\.augment\.zoom: unknown key"),
+    ({"threshold": {"rule": "test"}}, r"train\.threshold: renamed; use calibrate"),
+    ({"3class": {"epochs": 2}}, r"train\.3class: renamed; use train\.three_class"),
+    ({"three_class": {"epochs": 0}}, r"train\.three_class\.epochs: 0 is less than"),
+    ({"epoch": 3}, r"train\.epoch: unknown key; allowed keys here: .*epochs"),
 ])
 def test_train_params_out_of_range_are_clear_errors(override, message):
-    with pytest.raises(ValueError, match=message):
-        task_params(override, "binary")
+    with pytest.raises(ParamsError, match=message):
+        TrainSettings.for_task(override, "binary")
+
+
+def test_threshold_rule_out_of_range_is_a_clear_calibrate_error():
+    with pytest.raises(ParamsError, match=r"calibrate\.rule: 'test' is not allowed"):
+        CalibrateSettings.from_params({"rule": "test"})
 
 
 def test_task_overrides_apply_to_their_task_only():
-    params = {"epochs": 5, "three_class": {"epochs": 2, "lr": 1e-4}}
-    assert task_params(params, "binary")["epochs"] == 5
-    p3 = task_params(params, "three_class")
-    assert p3["epochs"] == 2 and p3["lr"] == 1e-4
-    assert check_params(p3) == p3
+    params = {"epochs": 5, "binary": {"lr": 5e-3}, "three_class": {"epochs": 2, "lr": 1e-4}}
+    pb = TrainSettings.for_task(params, "binary")
+    assert pb.epochs == 5 and pb.lr == 5e-3
+    p3 = TrainSettings.for_task(params, "three_class")
+    assert p3.epochs == 2 and p3.lr == 1e-4
+    # the merged recipe is complete and valid: it reads back as itself
+    assert TrainSettings.for_task(p3.as_dict(), "three_class") == p3
+    assert TrainSettings.for_task(p3, "three_class") is p3
+    with pytest.raises(ValueError, match="unknown task '3class'"):
+        TrainSettings.for_task(params, "3class")
 
 
 def test_input_smaller_than_the_model_minimum_fails_before_training(processed, tmp_path):
@@ -217,15 +294,31 @@ def test_missing_split_names_the_file_and_the_fix(tmp_path):
         load_task_split(root, "train", "4class")
 
 
-def test_task_and_arch_come_from_the_model_path():
-    assert task_arch_from_path("models/three_class/vgg16/best.pt") == ("three_class", "vgg16")
-    with pytest.raises(ValueError, match="unknown architecture"):
-        task_arch_from_path("models/binary/resnet50/best.pt")
+def test_run_training_writes_its_outputs_and_checks_task_and_arch_first(processed, tmp_path):
+    # task and arch come from the rule's wildcards (no longer from the model path): a bad
+    # one is a clear error before any training, and nothing is written
+    outputs = {"model": tmp_path / "models" / "three_class" / "resnet18" / "best.pt",
+               "history": tmp_path / "history.csv",
+               "val_predictions": tmp_path / "val_predictions.csv"}
+    run_training(processed, outputs, task="three_class", arch="resnet18",
+                 train_params={**FAST, "epochs": 1}, device="cpu",
+                 resume_root=tmp_path / "resume")
+    assert all(p.is_file() for p in outputs.values())
+    assert load_checkpoint(outputs["model"])["meta"]["task"] == "three_class"
+    assert read_predictions(outputs["val_predictions"]).class_names == SUBTYPES
+    bad = {k: tmp_path / "bad" / Path(v).name for k, v in outputs.items()}
+    with pytest.raises(ValueError, match="unknown architecture 'resnet50'"):
+        run_training(processed, bad, task="binary", arch="resnet50", train_params=FAST,
+                     device="cpu", resume_root=tmp_path / "resume")
+    with pytest.raises(ValueError, match="unknown task '3class'"):
+        run_training(processed, bad, task="3class", arch="resnet18", train_params=FAST,
+                     device="cpu", resume_root=tmp_path / "resume")
+    assert not (tmp_path / "bad").exists()
 
 
 def test_augment_is_seeded_keeps_range_and_disabled_augment_is_identity():
     x = to_float(torch.from_numpy(synthetic_images(np.array([0, 1, 2, 1]), 40))[:, None])
-    aug = Augment()
+    aug = Augment.from_params()   # the schema's defaults (train.augment)
     a = aug(x, torch.Generator().manual_seed(5), size=32)
     b = aug(x, torch.Generator().manual_seed(5), size=32)
     c = aug(x, torch.Generator().manual_seed(6), size=32)
@@ -241,6 +334,18 @@ def test_augment_flip_only_mirrors_the_image():
     flip = Augment(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=1.0, rotation=0.0, brightness=0.0,
                    contrast=0.0)
     assert torch.allclose(flip(x, torch.Generator()), x.flip(-1), atol=1e-6)
+    assert Augment.from_params({"scale": [1.0, 1.0], "ratio": [1.0, 1.0], "hflip": 1.0,
+                                "rotation": 0.0, "brightness": 0.0, "contrast": 0.0}) == flip
+
+
+def test_augment_from_params_fills_the_schema_defaults_and_refuses_bad_values():
+    aug = Augment.from_params({"hflip": 1.0})
+    assert aug == dataclasses.replace(Augment.from_params(), hflip=1.0)
+    assert isinstance(aug, Augment) and isinstance(aug.scale, tuple)
+    with pytest.raises(ParamsError, match=r"train\.augment\.scale: \[min, max\] with min <= max"):
+        Augment.from_params({"scale": [0.9, 0.5]})
+    with pytest.raises(ParamsError, match=r"train\.augment\.rotation"):
+        Augment.from_params({"rotation": 200})
 
 
 def test_array_dataset_validates_and_describes_itself():
@@ -262,12 +367,16 @@ def test_real_data_smoke_run_learns_pneumonia(kermany_root, tmp_path):
     Catches a broken pipeline (labels, preprocessing, training, evaluation), not a good model:
     a run that learns anything reaches a held-out AUROC well above the floor.
     """
+    from pneumocxr.config import complete
     from pneumocxr.data.prepare import prepare
-    from pneumocxr.train import smoke_run
 
     processed = tmp_path / "processed"
-    prepare("kermany", kermany_root, processed, tmp_path / "reports", resize=73, crop=64,
-            variants=["plain"], seed=42, threads=1, progress=False)
+    data = complete("data", {"source": "kermany", "root": str(kermany_root), "split_seed": 42})
+    prepare("kermany", kermany_root, processed, tmp_path / "reports",
+            prepare_params={"resize": 73, "crop": 64, "variants": ["plain"]},
+            split_seed=data["split_seed"], val_fraction=data["val_fraction"],
+            min_side=data["min_side"], max_pixels=data["max_pixels"], threads=1,
+            progress=False)
     metrics = smoke_run(processed, tmp_path / "work", n_train=500, epochs=2, input_size=64)
     test = metrics["test"]
     assert test["n_images"] == 524  # the whole dev test split, not a subsample
@@ -277,7 +386,7 @@ def test_real_data_smoke_run_learns_pneumonia(kermany_root, tmp_path):
 
 
 def test_fp16_needs_cuda_and_auto_never_picks_it_on_cpu():
-    from pneumocxr.evaluate import autocast_dtype
+    from pneumocxr.inference import autocast_dtype
     from pneumocxr.train import resolve_precision
 
     cpu = torch.device("cpu")
@@ -285,7 +394,7 @@ def test_fp16_needs_cuda_and_auto_never_picks_it_on_cpu():
         resolve_precision("fp16", cpu)
     assert resolve_precision("auto", cpu) in ("fp32", "bf16")
     assert autocast_dtype("fp16", cpu) is torch.float16
-    assert task_params({"precision": "fp16"}, "binary")["precision"] == "fp16"
+    assert TrainSettings.for_task({"precision": "fp16"}, "binary").precision == "fp16"
 
 
 def test_loss_scaled_step_matches_the_plain_step_when_nothing_overflows(processed):

@@ -65,6 +65,7 @@ from .errors import InputError
 from . import __version__
 from .checkpoint import (ResumeCache, atomic_save, load_checkpoint, params_key, rng_state,
                          save_checkpoint, set_rng_state)
+from .codedeps import code_fingerprint, module_closure
 from .data.arrays import SplitData, load_split, preprocess_meta
 from .metrics import binary_rates, bootstrap_cis, eer_threshold, reweight_to_prevalence
 from .settings import (AnomalyEvaluateSettings, AutoencoderSettings,
@@ -947,7 +948,8 @@ def run_autoencoder_training(
         log.warning("no normal images in the val split: selecting the epoch on training loss")
     dev = resolve_device(device)
     key_parts = {"model": m.as_dict(), "train": t.as_dict(), "seed": seed, "device": dev.type, "threads": torch.get_num_threads(),
-                 "data": _fingerprint(normals, val_normals), "versions": library_versions()}
+                 "data": _fingerprint(normals, val_normals), "versions": library_versions(),
+                 "code": code_fingerprint(module_closure(__name__))}
     cache = ResumeCache("anomaly/autoencoder", params_key(key_parts), root=resume_root)
     set_determinism(seed)
     model = ConvAutoencoder(m.input_size, list(m.channels), m.latent_dim,

@@ -18,10 +18,27 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shlex
 import sys
+from typing import Any
 
 from .config import ParamsError, flatten, load_params, read_yaml
+from .errors import PneumocxrError
+
+
+def dvc_value(key: str, value: Any) -> str:
+    """A params value as DVC's ``-S key=value`` override grammar reads it, with no spaces
+    (so ``dvc exp run $(pneumocxr params --dvc-set ...)`` survives the shell's word split)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(dvc_value(key, v) for v in value) + "]"
+    text = str(value)
+    if not text or any(c.isspace() or c in "'\"[]{},=" for c in text):
+        raise ParamsError(f"{key}: {text!r} cannot be passed as a DVC -S flag through the "
+                          "shell; set it in params.yaml instead")
+    return text
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
@@ -29,8 +46,9 @@ def _cmd_params(args: argparse.Namespace) -> int:
         flags = []
         for overlay in args.overlay:
             for key, value in flatten(read_yaml(overlay)).items():
-                flags += ["-S", f"{key}={json.dumps(value)}"]
-        print(" ".join(shlex.quote(f) for f in flags))
+                flags.append(f"-S {key}={dvc_value(key, value)}")
+        load_params(args.params_file, args.overlay)   # the overlay must validate first
+        print(" ".join(flags))
         return 0
     params = load_params(args.params_file, args.overlay)
     print(json.dumps(params, indent=2))
@@ -134,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ParamsError, FileNotFoundError, ValueError) as err:
+    except PneumocxrError as err:
         print(f"pneumocxr: error: {err}", file=sys.stderr)
         return 1
 

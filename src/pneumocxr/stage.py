@@ -180,7 +180,8 @@ def stage_io(script_globals: dict[str, Any], argv: list[str] | None = None) -> S
     args = parser.parse_args(argv)
     try:
         cfg = load_params(args.params_file)
-        check_structure(args.dag, cfg, args.params_file)
+        if args.dag:
+            check_structure(args.dag, cfg, args.params_file)
         params = select(cfg, [k for k in args.params if k != "all"])
         if "all" in args.params:
             params["all"] = without_display(cfg)

@@ -45,6 +45,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .checkpoint import (ResumeCache, atomic_save, file_sha256, load_checkpoint, params_key,
                          rng_state, save_checkpoint, set_rng_state)
+from .codedeps import code_fingerprint, module_closure
 from .data.arrays import preprocess_meta
 from .datasets import (Augment, ArrayDataset, balanced_sample_weights, check_task, epoch_indices,
                        iterate_batches, load_task_split, to_float)
@@ -293,6 +294,8 @@ def fit(
         "data": _fingerprint(train, val),
         "init": file_sha256(weights) if init_meta is not None else weights,
         "versions": library_versions(),
+        # the training code itself: an edit never resumes a run that older code started
+        "code": code_fingerprint(module_closure(__name__)),
     }
     cache = ResumeCache(f"train/{task}/{arch}", params_key(key_parts), root=resume_root)
     best_file = cache.dir / "best_model.pt"

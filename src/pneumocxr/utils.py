@@ -51,9 +51,17 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def set_threads(n: int) -> int:
-    """Make torch (and OpenCV) use ``n`` threads, the rule's ``threads``. Returns ``n``."""
+    """Make torch, OpenCV and the BLAS / OpenMP pools of NumPy, SciPy and scikit-learn use
+    ``n`` threads, the rule's ``threads``. Returns ``n``.
+
+    Summation order follows the thread count, so a step gives the same bytes for the same
+    ``n`` under both engines (Snakemake sets OMP_NUM_THREADS for its jobs; DVC does not).
+    """
+    from threadpoolctl import threadpool_limits
+
     n = max(1, int(n))
     torch.set_num_threads(n)
+    threadpool_limits(limits=n)
     try:
         import cv2
 

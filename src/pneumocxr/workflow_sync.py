@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ast
 import copy
 import difflib
 import os
@@ -42,13 +41,13 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .codedeps import PACKAGE_DIR
 from .config import dag_structure, flatten
 from .errors import InputError
 
 DEMO_ROOT = "data/demo/chest_xray"
 ENV_FILE = Path("workflow/envs/pneumocxr.yaml")
 CODE_TABLE = Path("docs/code_dependencies.md")
-PACKAGE_DIR = Path("src/pneumocxr")
 HEADER = (
     "# GENERATED from the Snakemake workflow by `python -m pneumocxr.workflow_sync`\n"
     "# (`make dvc.yaml`); do not edit by hand. tests/test_workflow.py checks it is current.\n"
@@ -58,88 +57,6 @@ DRIVERS = {"snakemake", "dvc"}  # run the workflow; not needed inside a rule's e
 CODE_INPUT = "code"
 #: the param name that stands for every key of the params file
 ALL_PARAMS = "all"
-
-
-class CodeDepsError(InputError):
-    """A script's import closure cannot be computed (missing package folder or module)."""
-
-
-# ----------------------------------------------------------------------------- code deps
-
-
-def _module_file(package_dir: Path, dotted: str) -> Path | None:
-    """``pneumocxr.data.arrays`` -> ``src/pneumocxr/data/arrays.py`` (or the package's
-    ``__init__.py``); None when no such module file exists (a name imported from a module)."""
-    parts = dotted.split(".")[1:]
-    base = package_dir.joinpath(*parts) if parts else package_dir
-    if base.with_suffix(".py").is_file() and parts:
-        return base.with_suffix(".py")
-    if (base / "__init__.py").is_file():
-        return base / "__init__.py"
-    return None
-
-
-def _imports(path: Path, package_dir: Path | None = None) -> set[str]:
-    """Dotted ``pneumocxr...`` modules a file imports (absolute or relative, at any depth,
-    including imports inside functions). ``package_dir`` places a library file for its
-    relative imports (None: a script outside the package, absolute imports only)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    package = (list(path.relative_to(package_dir.parent).parts[:-1])
-               if package_dir is not None else [])
-    typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
-                   and "TYPE_CHECKING" in ast.unparse(block.test)
-                   for stmt in block.body for n in ast.walk(stmt)}
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:  # annotations only: never runs
-            continue
-        if isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.split(".")[0] == "pneumocxr")
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[:len(package) - (node.level - 1)]
-                mod = ".".join(base + ([node.module] if node.module else []))
-            else:
-                mod = node.module or ""
-            if mod.split(".")[0] != "pneumocxr":
-                continue
-            found.add(mod)
-            found.update(f"{mod}.{a.name}" for a in node.names)  # submodules imported by name
-    return found
-
-
-def code_deps(script: str | Path, package_dir: str | Path = PACKAGE_DIR) -> list[str]:
-    """The library modules ``script`` runs: its import closure within ``package_dir``.
-
-    Importing ``pneumocxr.a.b`` runs ``pneumocxr/__init__.py`` and ``pneumocxr/a/__init__.py``
-    too, so those are in it. Returned as sorted paths relative to the working directory.
-    """
-    package_dir = Path(package_dir)
-    if not (package_dir / "__init__.py").is_file():
-        raise CodeDepsError(f"{package_dir}: the pneumocxr package sources are not here; run the "
-                            "workflow from the repository root (where src/pneumocxr lives)")
-    script = Path(script)
-    if not script.is_file():
-        raise CodeDepsError(f"{script}: script not found")
-    todo = [script]
-    seen_files: set[Path] = set()
-    while todo:
-        path = todo.pop()
-        mods = _imports(path, package_dir if path != script else None)
-        for mod in mods:
-            parts = mod.split(".")
-            for i in range(1, len(parts) + 1):  # every package on the way runs its __init__
-                f = _module_file(package_dir, ".".join(parts[:i]))
-                if f is not None and f not in seen_files:
-                    seen_files.add(f)
-                    todo.append(f)
-    # package data a module reads (the params schema): a dependency of the modules naming it
-    data_files = [f for f in package_dir.rglob("*") if f.is_file()
-                  and f.suffix not in (".py", ".pyc") and "__pycache__" not in f.parts]
-    for f in list(seen_files):
-        text = f.read_text()
-        seen_files.update(d for d in data_files if f'"{d.name}"' in text)
-    return sorted(str(f) for f in seen_files)
 
 
 # ----------------------------------------------------------------------------- Snakemake jobs

@@ -15,7 +15,7 @@ from pneumocxr.config import (
     without_display,
 )
 from pneumocxr.data.sources import DataLayoutError, raw_data_files
-from pneumocxr.workflow_sync import CodeDepsError, code_deps
+from pneumocxr.codedeps import CodeDepsError, code_deps
 
 # The package's validator (the schema shipped in pneumocxr: every key's default, type and
 # range, plus the cross-field checks) is the one the DVC route uses too, so both engines
