@@ -369,7 +369,7 @@ def test_evaluation_writes_metrics_scores_and_figures(tmp_path, method):
 def test_evaluation_rejects_a_classifier_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "clf.pt", {}, {"arch": "resnet18"}, kind="classifier")
     processed = _write_prepared(tmp_path / "processed")
-    with pytest.raises(ValueError, match="classifier checkpoint, expected an? autoencoder"):
+    with pytest.raises(ValueError, match="kind 'classifier', expected 'autoencoder'"):
         anomaly.run_anomaly_evaluation(tmp_path / "clf.pt", processed,
                                        {"metrics": tmp_path / "m.json"}, params=_params())
     # a best.pt written before checkpoints carried a format is refused, not misread

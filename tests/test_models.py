@@ -162,7 +162,7 @@ def test_checkpoint_metadata_round_trips_and_old_or_other_kind_files_are_refused
     ckpt = load_checkpoint(path, kind="classifier")
     assert ckpt["format"] == 2 and ckpt["kind"] == "classifier"
     assert ckpt["meta"]["normalization"] == {"mean": [0.449], "std": [0.226]}
-    with pytest.raises(ValueError, match="classifier checkpoint, expected an? autoencoder"):
+    with pytest.raises(ValueError, match="kind 'classifier', expected 'autoencoder'"):
         load_checkpoint(path, kind="autoencoder")
     # a best.pt of format 1 ({"model", "meta"}, threshold inside) is named, not misread
     old = atomic_save({"model": model.state_dict(), "meta": {"arch": "resnet18"}},

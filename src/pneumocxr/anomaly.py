@@ -863,6 +863,20 @@ def anomaly_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float,
 # --------------------------------------------------------------------------------------------
 
 
+ANOMALY_SECTIONS = ("model", "train", "score", "evaluate")
+
+
+def _sections(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``anomaly`` params given to a stage (each stage reads its own sections of them);
+    any other name is a typo, refused."""
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(ANOMALY_SECTIONS))
+    if unknown:
+        raise InputError(f"anomaly.{unknown[0]}: unknown section; allowed: "
+                         f"{', '.join(ANOMALY_SECTIONS)}")
+    return params
+
+
 def _check_levels(score: ScoreSettings, depth: int) -> None:
     """The score's encoder blocks must exist in the trained model (``depth`` blocks)."""
     for lv in [score.level, *(score.levels or [])]:
@@ -935,7 +949,7 @@ def run_autoencoder_training(
     ``val`` images. Resumes from ``ResumeCache("anomaly/autoencoder", key)`` where ``key``
     hashes the params, seed, data, device, thread count and library versions.
     """
-    params = params or {}
+    params = _sections(params)
     m = AutoencoderSettings.from_params(params.get("model"))
     t = AutoencoderTrainSettings.from_params(params.get("train"))
     train = load_split(processed_dir, "train", t.variant)
@@ -1014,7 +1028,7 @@ def run_anomaly_evaluation(
     from .plots import anomaly as plots
     from .plots.common import save
 
-    params = params or {}
+    params = _sections(params)
     s = ScoreSettings.from_params(params.get("score"))
     e = AnomalyEvaluateSettings.from_params(params.get("evaluate"))
     model, meta = load_autoencoder(model_path, device)

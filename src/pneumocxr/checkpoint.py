@@ -137,5 +137,6 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
             f"{CHECKPOINT_FORMAT} (format 1 kept the operating threshold inside best.pt; it "
             "now lives in calibration.json): retrain it with this version (rerun the pipeline)")
     if kind is not None and ckpt.get("kind") != kind:
-        raise InputError(f"{path}: a {ckpt.get('kind')} checkpoint, expected a {kind} one")
+        raise InputError(f"{path}: the checkpoint is of kind {ckpt.get('kind')!r}, expected "
+                         f"{kind!r}")
     return {**ckpt, "meta": json.loads(ckpt["meta"])}

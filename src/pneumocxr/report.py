@@ -180,8 +180,10 @@ def split_inputs(inputs: Mapping[str, str]) -> tuple[dict[tuple[str, str], dict[
     other: dict[str, str] = {}
     for name, path in inputs.items():
         kind, _, rest = name.partition("_")
-        task, _, arch = rest.partition("_")
-        if kind in CLASSIFIER_KINDS and task in TASK_ORDER and arch:
+        # task names hold underscores themselves (three_class): match them, do not split
+        task = next((t for t in TASK_ORDER if rest.startswith(t + "_")), None)
+        arch = rest[len(task) + 1:] if task else ""
+        if kind in CLASSIFIER_KINDS and task and arch:
             per_model.setdefault((task, arch), {})[kind] = str(path)
         else:
             other[name] = str(path)

@@ -11,6 +11,7 @@ Snakemake runs this through ``script:``; DVC runs it as::
 from pathlib import Path
 
 from pneumocxr.data.prepare import REPORT_FILES, prepare
+from pneumocxr.errors import InputError
 from pneumocxr.stage import stage_io
 
 io = stage_io(globals())
@@ -18,7 +19,7 @@ with io.logging():
     report_dir = Path(io.output["summary"]).parent
     for name, filename in REPORT_FILES.items():
         if Path(io.output[name]) != report_dir / filename:
-            raise ValueError(
+            raise InputError(
                 f"output {name}={io.output[name]}: prepare writes its reports as "
                 f"{', '.join(REPORT_FILES.values())} in one folder; "
                 f"expected {report_dir / filename}")

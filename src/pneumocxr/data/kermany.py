@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from ..errors import InputError
+from ..errors import InputError, MissingInputError
 
 log = logging.getLogger(__name__)
 
@@ -102,16 +102,16 @@ class RawFile:
     label: str       # class folder: NORMAL or PNEUMONIA
 
 
-def _missing_root_error(root: Path) -> FileNotFoundError:
-    return FileNotFoundError(f"{root}: data folder not found; {EXPECTED_LAYOUT}. {WHERE_FROM}")
+def _missing_root_error(root: Path) -> MissingInputError:
+    return MissingInputError(f"{root}: data folder not found; {EXPECTED_LAYOUT}. {WHERE_FROM}")
 
 
-def _layout_error(root: Path, problem: str) -> ValueError:
+def _layout_error(root: Path, problem: str) -> InputError:
     hint = ""
     nested = [p for p in sorted(root.iterdir()) if p.is_dir() and (p / "train").is_dir()]
     if nested:
         hint = f" (did you mean data.root: {nested[0]}?)"
-    return ValueError(f"{root}: {problem}{hint}; {EXPECTED_LAYOUT}. {WHERE_FROM}")
+    return InputError(f"{root}: {problem}{hint}; {EXPECTED_LAYOUT}. {WHERE_FROM}")
 
 
 def scan_kermany(root: str | Path) -> list[RawFile]:
