@@ -22,6 +22,7 @@ include: "workflow/rules/classify.smk"
 include: "workflow/rules/embed.smk"
 include: "workflow/rules/anomaly.smk"
 include: "workflow/rules/explain.smk"
+include: "workflow/rules/external.smk"
 include: "workflow/rules/report.smk"
 
 

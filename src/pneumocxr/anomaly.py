@@ -61,7 +61,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import InputError
+from .errors import InputError, MissingInputError
 from . import __version__
 from .checkpoint import (ResumeCache, atomic_save, load_checkpoint, params_key, rng_state,
                          save_checkpoint, set_rng_state)
@@ -918,6 +918,33 @@ def load_autoencoder(path: str | Path, device: str = "cpu") -> tuple[ConvAutoenc
     model = build_model(meta)
     model.load_state_dict(ckpt["model"])
     return model.to(resolve_device(device)).eval(), meta
+
+
+@dataclass
+class Detector:
+    """A trained autoencoder with its fitted score and the val threshold (what
+    ``evaluate_anomaly`` saved): everything needed to flag new images the same way."""
+
+    model: ConvAutoencoder
+    meta: dict[str, Any]
+    scorer: AnomalyScore
+    threshold: float
+    score_params: dict[str, Any]
+
+
+def load_detector(model_path: str | Path, state_path: str | Path, device: str = "cpu"
+                  ) -> Detector:
+    """The autoencoder ``model_path`` and the ``score_state.pt`` of its evaluation."""
+    model, meta = load_autoencoder(model_path, device)
+    state_path = Path(state_path)
+    if not state_path.is_file():
+        raise MissingInputError(f"{state_path}: not found; the evaluate_anomaly stage writes "
+                                "the fitted score and its threshold")
+    state = torch.load(state_path, map_location="cpu", weights_only=True)
+    scorer = create_score(**state["score"])
+    if scorer.needs_fit:
+        scorer.load_state_dict(state["state"])
+    return Detector(model, meta, scorer, float(state["threshold"]["value"]), dict(state["score"]))
 
 
 def write_history(history: Sequence[Mapping[str, float]], best_epoch: int,

@@ -43,10 +43,13 @@ def dvc_value(key: str, value: Any) -> str:
 
 def _cmd_params(args: argparse.Namespace) -> int:
     if args.dvc_set:
+        # a key params.yaml lacks (e.g. a new external set) is appended: DVC's `+key=value`
+        present = flatten(read_yaml(args.params_file))
         flags = []
         for overlay in args.overlay:
             for key, value in flatten(read_yaml(overlay)).items():
-                flags.append(f"-S {key}={dvc_value(key, value)}")
+                known = key in present or any(k.startswith(key + ".") for k in present)
+                flags.append(f"-S {'' if known else '+'}{key}={dvc_value(key, value)}")
         load_params(args.params_file, args.overlay)   # the overlay must validate first
         print(" ".join(flags))
         return 0
@@ -68,7 +71,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     predictor = load_predictor(args.models, arch=args.arch, prepared=args.prepared,
-                               backend=args.backend)
+                               backend=args.backend, calibration=args.calibration)
     for note in predictor.notes:
         print(f"pneumocxr: note: {note}", file=sys.stderr)
     rows = predict_files(predictor, args.paths, batch_size=args.batch_size,
@@ -89,6 +92,39 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if failed:
         print(f"pneumocxr: {len(failed)} of {len(rows)} file(s) failed", file=sys.stderr)
         return EXIT_SOME_FAILED
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .predict import load_predictor
+    from .site import calibrate_site, write_site_calibration
+
+    predictor = load_predictor(args.models, arch=args.arch, prepared=args.prepared,
+                               calibration=args.from_calibration)
+    if args.from_calibration is None and predictor.binary.calibration.get("source") == "site":
+        # refit from the pipeline's operating point, not from an earlier site fit
+        predictor = load_predictor(args.models, arch=args.arch, prepared=args.prepared,
+                                   calibration=predictor.binary.path.parent / "calibration.json")
+    result = calibrate_site(predictor, args.sample, labels=args.labels, rule=args.rule,
+                            target_sensitivity=args.target_sensitivity,
+                            halfwidth=args.halfwidth, n_boot=args.n_boot, seed=args.seed,
+                            min_side=args.min_side, max_pixels=args.max_pixels)
+    path = write_site_calibration(result, predictor, args.out)
+    thr, fit, size = result["operating_threshold"], result["fitted_on"], result["sample_size"]
+    ci = result["ci"]
+    print(f"site operating point: threshold {thr['value']:.4f} ({thr['rule']}) "
+          f"[95% CI {ci['threshold']['ci_low']:.4f}, {ci['threshold']['ci_high']:.4f}], "
+          f"temperature {result['temperature']:.3f}; pipeline's: "
+          f"{result['pipeline_operating_point']['threshold']:.4f}")
+    print(f"on the {fit['n_images']} sample images ({fit['n_normal']} normal, "
+          f"{fit['n_pneumonia']} pneumonia; in-sample, optimistic): sensitivity "
+          f"{thr['site_sensitivity']:.3f} [{ci['sensitivity']['ci_low']:.3f}, "
+          f"{ci['sensitivity']['ci_high']:.3f}], specificity {thr['site_specificity']:.3f} "
+          f"[{ci['specificity']['ci_low']:.3f}, {ci['specificity']['ci_high']:.3f}]")
+    print(f"for a 95% CI of +-{size['target_ci_halfwidth']:.2f}: about "
+          f"{size['normal_images_for_specificity']} normal and "
+          f"{size['pneumonia_images_for_sensitivity']} pneumonia images")
+    print(f"pneumocxr: wrote {path} (predict uses it from now on)", file=sys.stderr)
     return 0
 
 
@@ -129,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="run the binary classifier with PyTorch or ONNX Runtime (after "
                    "`pneumocxr export`)")
+    p.add_argument("--calibration", default=None, metavar="FILE",
+                   help="the binary model's operating point (default: site_calibration.json "
+                   "beside it when `pneumocxr calibrate` wrote one, else calibration.json)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     p.add_argument("--min-side", type=int, default=64,
@@ -137,6 +176,33 @@ def main(argv: list[str] | None = None) -> int:
                    help="reject larger images as decompression bombs (data.max_pixels)")
     p.add_argument("--quiet", action="store_true", help="no table on the terminal")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("calibrate", help="fit a site's operating point on its labelled images",
+                       description="Refit the binary model's temperature and threshold on a "
+                       "small labelled sample of a site's own images (a folder of NORMAL/ and "
+                       "PNEUMONIA/ folders, or a folder with a labels CSV: file, label, optional "
+                       "patient), report the CIs and the sample size a target precision needs, "
+                       "and write site_calibration.json beside the binary model, which predict "
+                       "then uses.")
+    p.add_argument("sample", help="folder of the labelled sample")
+    p.add_argument("--labels", default=None, help="labels CSV (default SAMPLE/labels.csv when "
+                   "present, else NORMAL/ and PNEUMONIA/ folders)")
+    p.add_argument("--models", default="results", metavar="DIR")
+    p.add_argument("--arch", default=None)
+    p.add_argument("--prepared", default=None, metavar="DIR")
+    p.add_argument("--from-calibration", default=None, metavar="FILE",
+                   help="the starting operating point (default: the pipeline's calibration.json)")
+    p.add_argument("--rule", choices=("youden", "sensitivity"), default="youden")
+    p.add_argument("--target-sensitivity", type=float, default=0.95)
+    p.add_argument("--halfwidth", type=float, default=0.05,
+                   help="the 95%% CI half-width the sample-size estimate aims at")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--min-side", type=int, default=64)
+    p.add_argument("--max-pixels", type=int, default=100_000_000)
+    p.add_argument("--out", default=None, help="default: site_calibration.json beside the "
+                   "binary model")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("export", help="export a classifier checkpoint to ONNX",
                        description="Export a best.pt to ONNX (input: normalised image "

@@ -221,7 +221,7 @@ def preprocess_settings(meta: Mapping[str, Any], prepared: Path | None, what: st
 
 
 def _load_classifier(path: Path, class_names: Sequence[str], arch: str,
-                     prepared: Path | None) -> Component:
+                     prepared: Path | None, calibration: Path | None = None) -> Component:
     try:
         model, meta = load_model(path, arch=arch, class_names=list(class_names))
     except FileNotFoundError as err:
@@ -231,7 +231,8 @@ def _load_classifier(path: Path, class_names: Sequence[str], arch: str,
     for key in ("input_size", "normalization"):
         if key not in meta:
             raise ModelDirError(f"{path}: checkpoint metadata lacks {key!r}; retrain it")
-    cal_path = path.parent / "calibration.json"
+    site = path.parent / "site_calibration.json"   # `pneumocxr calibrate`: the site's own
+    cal_path = calibration or (site if site.is_file() else path.parent / "calibration.json")
     try:
         calibration = load_calibration(cal_path)
     except (FileNotFoundError, ValueError) as err:   # missing or unreadable: both name the file and the fix
@@ -317,7 +318,8 @@ def _load_anomaly(results: Path, models: Path, prepared: Path | None,
 
 
 def load_predictor(models_dir: str | Path = "results", *, arch: str | None = None,
-                   prepared: str | Path | None = None, backend: str = "torch") -> Predictor:
+                   prepared: str | Path | None = None, backend: str = "torch",
+                   calibration: str | Path | None = None) -> Predictor:
     """Load the models of a results folder (see module doc).
 
     Args:
@@ -327,6 +329,9 @@ def load_predictor(models_dir: str | Path = "results", *, arch: str | None = Non
             checkpoints that do not record it (default ``data/processed`` beside the results).
         backend: ``torch`` or ``onnx`` (the binary classifier through ONNX Runtime; needs
             ``pneumocxr export`` first).
+        calibration: the binary model's operating point to use; default the
+            ``site_calibration.json`` beside it (``pneumocxr calibrate``) when present, else
+            the pipeline's ``calibration.json`` (fitted on val).
 
     Raises:
         ModelDirError: missing folder or binary model, or pieces that do not belong together.
@@ -335,8 +340,12 @@ def load_predictor(models_dir: str | Path = "results", *, arch: str | None = Non
     prepared = Path(prepared) if prepared is not None else results.parent / "data" / "processed"
     arch = _choose_arch(models, arch)
     binary = _load_classifier(models / "binary" / arch / "best.pt", CLASS_NAMES_BINARY, arch,
-                              prepared)
+                              prepared, Path(calibration) if calibration else None)
     pred = Predictor(models, arch, binary)
+    if binary.calibration.get("source") == "site":
+        fitted = binary.calibration.get("fitted_on", {})
+        pred.notes.append(f"operating point from {binary.calibration_path} (fitted on "
+                          f"{fitted.get('n_images')} labelled images of {fitted.get('sample')})")
     source = binary.meta.get("data_source")
     if source == "demo":
         pred.notes.append("these models were trained on the SYNTHETIC demo data: their "

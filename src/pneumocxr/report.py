@@ -440,6 +440,21 @@ def _anomaly(metrics_path: str, scores_path: str, model_path: str | None, *, n_b
     return out
 
 
+def _external(sets_path: str) -> dict[str, Any]:
+    """Every external test set's evaluation (``results/external/<set>/metrics.json`` and its
+    ``data.json``, beside the ``sets.json`` that lists them)."""
+    sets = _read_json(sets_path, "external test sets")
+    root = Path(sets_path).parent
+    out = {}
+    for name in sets:
+        m = _read_json(root / name / "metrics.json", f"external set {name} metrics")
+        d = _read_json(root / name / "data.json", f"external set {name} data report")
+        out[name] = {"metrics": m, "data": d,
+                     "sources": {"metrics": str(root / name / "metrics.json"),
+                                 "data": str(root / name / "data.json")}}
+    return out
+
+
 def build_summary(inputs: Mapping[str, str], *, seed: int = 0, n_boot: int | None = None
                   ) -> dict[str, Any]:
     """The summary dict (written as summary.json) from the named stage outputs.
@@ -460,6 +475,7 @@ def build_summary(inputs: Mapping[str, str], *, seed: int = 0, n_boot: int | Non
                              "(results/anomaly/scores.csv) too")
         anomaly = _anomaly(other["anomaly"], other["anomaly_scores"], other.get("anomaly_model"),
                            n_boot=int(n_boot or 1000), seed=seed)
+    external = _external(other["external_sets"]) if "external_sets" in other else {}
     sources = {data["source"]} | {c["data_source"] for c in classifiers}
     if anomaly:
         sources.add(anomaly["data_source"])
@@ -481,6 +497,7 @@ def build_summary(inputs: Mapping[str, str], *, seed: int = 0, n_boot: int | Non
         # dicts keyed by name (not lists), so `dvc metrics show/diff` lists every number
         "classifiers": {f"{c['task']}_{c['arch']}": c for c in classifiers},
         "anomaly": anomaly,
+        "external": external,
         "published": {p["id"]: dict(p, data=STUDY_TEST_SET["name"], prevalence=STUDY_PREVALENCE)
                       for p in PUBLISHED},
     }
@@ -621,6 +638,7 @@ def render_summary_md(summary: Mapping[str, Any]) -> str:
                           f"rate {fmt(th.get('val_fpr'), 'frac')}, false negative rate "
                           f"{fmt(th.get('val_fnr'), 'frac')})."]
         lines.append("")
+    lines += external_md(summary)
     lines += ["## Published numbers", "",
               "| source | task | architecture | image size | weights | metrics |",
               "| --- | --- | --- | --- | --- | --- |"]
@@ -650,6 +668,120 @@ def render_summary_md(summary: Mapping[str, Any]) -> str:
               + (", " + ", ".join(f"`{p}`" for p in a["sources"].values()) if a else "")
               + ", `results/data/summary.json`. Model card: `results/MODEL_CARD.md`.", ""]
     return "\n".join(lines)
+
+
+#: rows of the external-set table: (label, path in a classifier's external metrics, scale)
+EXTERNAL_ROWS = (
+    ("AUROC (normal vs pneumonia)", "normal_vs_pneumonia.auroc", "frac"),
+    ("accuracy at 0.5", "normal_vs_pneumonia.at_half.accuracy", "pct"),
+    ("sensitivity at 0.5", "normal_vs_pneumonia.at_half.sensitivity", "pct"),
+    ("specificity at 0.5", "normal_vs_pneumonia.at_half.specificity", "pct"),
+    ("sensitivity at the operating point", "normal_vs_pneumonia.at_operating.sensitivity", "pct"),
+    ("specificity at the operating point", "normal_vs_pneumonia.at_operating.specificity", "pct"),
+    ("PPV at the operating point (set's prevalence)", "normal_vs_pneumonia.at_operating.ppv",
+     "pct"),
+    ("NPV at the operating point (set's prevalence)", "normal_vs_pneumonia.at_operating.npv",
+     "pct"),
+    ("three-class accuracy", "three_class.accuracy", "pct"),
+    ("k-NN accuracy on the embeddings", "knn.accuracy_ci95", "pct"),
+)
+
+
+def _dig(node: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _test_column(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The same rows for the run's own test split, from the summary's classifier entry."""
+    m = run["metrics"]
+    binary = run["task"] == "binary"   # its argmax is p(pneumonia) >= 0.5
+    return {"normal_vs_pneumonia.auroc": m.get("auroc") if binary else None,
+            "normal_vs_pneumonia.at_half.sensitivity": m.get("sensitivity") if binary else None,
+            "normal_vs_pneumonia.at_half.specificity": m.get("specificity") if binary else None,
+            "normal_vs_pneumonia.at_operating.sensitivity": m.get("op_sensitivity"),
+            "normal_vs_pneumonia.at_operating.specificity": m.get("op_specificity"),
+            "normal_vs_pneumonia.at_half.accuracy": m.get("accuracy")
+            if run["task"] == "binary" else None,
+            "three_class.accuracy": m.get("accuracy") if run["task"] == "three_class" else None,
+            "knn.accuracy_ci95": (run.get("embedding") or {}).get("knn_accuracy")}
+
+
+def external_md(summary: Mapping[str, Any]) -> list[str]:
+    """Markdown: one table per classifier, a column for the test split and one per external
+    set; then the anomaly detector, the shortcut probe and the lung-field share per set."""
+    ext = summary.get("external") or {}
+    if not ext:
+        return []
+    names = list(ext)
+    lines = ["## External test sets", "",
+             "Every model evaluated unchanged on each external set (operating points, k-NN "
+             "indexes and the anomaly threshold fitted on `val`; nothing is fitted on these "
+             "sets). 95% bootstrap CIs over "
+             + "; ".join(f"`{n}`: {ext[n]['metrics']['bootstrap_unit'].split(' (')[0]}s"
+                         for n in names) + ". "
+             + "; ".join(f"`{n}`: {ext[n]['data']['n_images']} images, "
+                         f"{_prev(ext[n]['data']['prevalence'])} pneumonia, "
+                         f"{ext[n]['data']['n_excluded_in_train']} excluded as training images, "
+                         f"{ext[n]['data']['n_rejected']} rejected" for n in names) + ".", ""]
+    head = ["metric", "test split"] + [f"`{n}`" for n in names]
+    for key, run in summary["classifiers"].items():
+        lines += [f"### {run['task']} {run['arch']}", "",
+                  "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        own = _test_column(run)
+        for label, path, scale in EXTERNAL_ROWS:
+            cells = [fmt_ci(own.get(path), scale) if own.get(path) else "-"]
+            for n in names:
+                cm = ext[n]["metrics"]["classifiers"].get(key) or {}
+                cells.append(fmt_ci(_dig(cm, path), scale) if _dig(cm, path) else "-")
+            if all(c in ("-", "n/a") for c in cells):
+                continue
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        moves = []
+        for n in names:
+            v = (ext[n]["metrics"]["classifiers"].get(key) or {}).get("val_to_external") or {}
+            if v.get("val_sensitivity") is not None:
+                moves.append(f"`{n}`: sensitivity {fmt(v['val_sensitivity'], 'pct')} on val -> "
+                             f"{fmt(v['sensitivity'], 'pct')}, specificity "
+                             f"{fmt(v['val_specificity'], 'pct')} -> "
+                             f"{fmt(v['specificity'], 'pct')}")
+        if moves:
+            lines += ["", "At the operating point fitted on val: " + "; ".join(moves) + "."]
+        lines.append("")
+    a_rows = [(n, ext[n]["metrics"].get("anomaly")) for n in names]
+    if any(a for _, a in a_rows):
+        lines += ["### Anomaly detector", "", "| set | AUROC | sensitivity | specificity |",
+                  "| --- | --- | --- | --- |"]
+        a = summary.get("anomaly") or {}
+        if a:
+            am = a["metrics"]
+            lines.append(f"| test split | {fmt_ci(am.get('auroc'), 'frac')} | "
+                         f"{fmt_ci(am.get('sensitivity'), 'frac')} | "
+                         f"{fmt_ci(am.get('specificity'), 'frac')} |")
+        for n, am in a_rows:
+            if am:
+                lines.append(f"| `{n}` | {fmt_ci(am.get('auroc'), 'frac')} | "
+                             f"{fmt_ci(am.get('sensitivity'), 'frac')} | "
+                             f"{fmt_ci(am.get('specificity'), 'frac')} |")
+        lines.append("")
+    lines += ["### Shortcut probe and lung-field share", "",
+              "| set | model | accuracy drop with the border blanked (band: drop) | Grad-CAM "
+              "enrichment inside the lung mask, by class (1 = uniform) |",
+              "| --- | --- | --- | --- |"]
+    for n in names:
+        for key, cm in ext[n]["metrics"]["classifiers"].items():
+            probe = cm.get("shortcut") or {}
+            drops = "; ".join(f"{b['band_px']} px: {fmt_points(b.get('accuracy_drop'))}"
+                              for b in probe.get("bands", [])) or "not run"
+            share = (cm.get("lung_share_gradcam") or {}).get("by_class", {})
+            enr = ", ".join(f"{c} {fmt(v.get('enrichment_mean'), 'frac')}"
+                            for c, v in share.items()) or "not run"
+            lines.append(f"| `{n}` | {key} | {drops} | {enr} |")
+    lines.append("")
+    return lines
 
 
 def _limits(summary: Mapping[str, Any]) -> list[str]:
@@ -792,6 +924,8 @@ def render_model_card(summary: Mapping[str, Any]) -> str:
                      f"{fmt(th['val_fpr'], 'frac')}, FNR {fmt(th['val_fnr'], 'frac')}); on test "
                      f"sensitivity {fmt(th['test_sensitivity'], 'frac')}, specificity "
                      f"{fmt(th['test_specificity'], 'frac')}.")
+    lines += [""] + [ln.replace("## External test sets", "## External validation", 1)
+                     for ln in external_md(summary)]
     lines += ["", "## Known limits", ""]
     lines += [f"- {item}" for item in _limits(summary)]
     lines.append("")

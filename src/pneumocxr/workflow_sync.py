@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import json
 import os
 import re
 import sys
@@ -46,6 +47,10 @@ from .config import dag_structure, flatten
 from .errors import InputError
 
 DEMO_ROOT = "data/demo/chest_xray"
+DEMO_SITE_ROOT = "data/demo/site2"
+#: the external test set the generation reads the per-set rules from: its name and path become
+#: DVC's foreach ``${key}`` and ``${item.path}``, so ``external`` drives the stages that exist
+SENTINEL_SET = "external_set"
 ENV_FILE = Path("workflow/envs/pneumocxr.yaml")
 CODE_TABLE = Path("docs/code_dependencies.md")
 HEADER = (
@@ -84,14 +89,15 @@ def snakemake_jobs(snakefile: str | Path = "Snakefile", params_file: str | Path 
 
     with tempfile.TemporaryDirectory() as tmp:
         overlay = Path(tmp) / "sync.yaml"
-        overlay.write_text(yaml.safe_dump({"data": {"source": "demo", "root": DEMO_ROOT}}))
+        overlay.write_text(yaml.safe_dump({"data": {"source": "demo", "root": DEMO_ROOT},
+                                           "external": {SENTINEL_SET: {"path": DEMO_SITE_ROOT}}}))
         with SnakemakeApi(OutputSettings(quiet=None)) as api:
             wapi = api.workflow(
                 resource_settings=ResourceSettings(cores=1024),
                 config_settings=ConfigSettings(configfiles=[Path(params_file), overlay]),
                 snakefile=Path(snakefile),
             )
-            wapi.dag(DAGSettings(targets={"all", DEMO_ROOT}, forceall=True))
+            wapi.dag(DAGSettings(targets={"all", DEMO_ROOT, DEMO_SITE_ROOT}, forceall=True))
             wf = wapi._workflow
             wf._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True,
                             nolock=True)
@@ -180,7 +186,10 @@ def _category(name: str, path: str) -> str:
 
 def stage_name(spec: JobSpec) -> str:
     """``rule_<wildcard values>``, leaving out values the rule's name already says
-    (``evaluate_binary`` of task binary, arch resnet18 -> ``evaluate_binary_resnet18``)."""
+    (``evaluate_binary`` of task binary, arch resnet18 -> ``evaluate_binary_resnet18``); a
+    per-external-set rule is one DVC ``foreach`` stage named after the rule."""
+    if "set" in spec.wildcards:
+        return spec.rule
     values = [re.sub(r"[^A-Za-z0-9_-]", "-", v) for v in spec.wildcards.values()]
     parts = [spec.rule] + [v for v in values if not spec.rule.endswith(f"_{v}")]
     return "_".join(parts)
@@ -189,18 +198,30 @@ def stage_name(spec: JobSpec) -> str:
 def dvc_stages(specs: list[JobSpec], config: dict[str, Any]) -> dict[str, Any]:
     # Params that name paths (for templated deps): string values that look like paths.
     config_paths = {k: v for k, v in flatten(config).items()
-                    if isinstance(v, str) and "/" in v and k.endswith("root")}
+                    if isinstance(v, str) and "/" in v and k.endswith(("root", "path"))}
+    per_set_dir = f"/{SENTINEL_SET}/"
     dag_words = [f"{k}={','.join(v)}" for k, v in dag_structure(config).items()]
     stages: dict[str, Any] = {}
     for spec in specs:
         deps = [spec.script]
         cmd_inputs = []
+        per_set = "set" in spec.wildcards
         for name, paths in spec.input.items():
             templ = sorted({_templated(p, config_paths) for p in paths})
-            deps.extend(t for t in templ if t not in deps)
+            if not per_set and any(per_set_dir in t for t in templ):
+                # a stage that reads every external set (the summary): DVC has no list of
+                # them, so it depends on their folder; the script reads sets.json
+                templ = sorted({t.split(per_set_dir)[0] for t in templ})
+                deps[:] = [d for d in deps if not any(d.startswith(t + "/") for t in templ)]
+                deps.extend(t for t in templ if t not in deps)
+                continue
+            deps.extend(t for t in templ if t not in deps
+                        and not any(t.startswith(d + "/") for d in deps))
             if name != CODE_INPUT:
                 cmd_inputs.extend(f"{name}={t}" for t in templ)
         keys = params_keys(spec.params, config)
+        if per_set:   # the generation has one set: its own entry, not the whole section
+            keys = [f"external.{SENTINEL_SET}" if k == "external" else k for k in keys]
         cmd = ["python", spec.script, "--rule", spec.rule]
         if spec.wildcards:
             cmd += ["--wildcards", *[f"{k}={v}" for k, v in spec.wildcards.items()]]
@@ -226,8 +247,17 @@ def dvc_stages(specs: list[JobSpec], config: dict[str, Any]) -> dict[str, Any]:
         for key in ("outs", "metrics", "plots"):
             if groups[key]:
                 stage[key] = groups[key]
+        if per_set:
+            stage = {"foreach": "${external}", "do": _per_set(stage)}
         stages[stage_name(spec)] = stage
     return {"stages": stages}
+
+
+def _per_set(stage: dict[str, Any]) -> dict[str, Any]:
+    """The sentinel set's stage as the ``do`` of a foreach over params ``external``."""
+    text = json.dumps(stage)
+    text = text.replace("${external.%s.path}" % SENTINEL_SET, "${item.path}")
+    return json.loads(text.replace(SENTINEL_SET, "${key}"))
 
 
 def render_dvc_yaml(snakefile: str | Path = "Snakefile", params_file: str | Path = "params.yaml"
@@ -241,6 +271,7 @@ def render_dvc_yaml(snakefile: str | Path = "Snakefile", params_file: str | Path
 
 def downstream(stages: Mapping[str, Any]) -> dict[str, set[str]]:
     """For each stage, every stage that depends on its outputs (transitively)."""
+    stages = {name: st.get("do", st) for name, st in stages.items()}
     producer = {out: name for name, st in stages.items()
                 for out in _declared_outputs(st)}
     children: dict[str, set[str]] = {name: set() for name in stages}
@@ -294,7 +325,7 @@ def code_table(stages: Mapping[str, Any], package_dir: str | Path = PACKAGE_DIR)
         "| --- | --- | --- | --- |",
     ]
     for mod in modules:
-        direct = sorted(name for name, st in stages.items() if mod in st["deps"])
+        direct = sorted(name for name, st in stages.items() if mod in st.get("do", st)["deps"])
         total = set(direct)
         for name in direct:
             total |= down[name]

@@ -14,7 +14,10 @@ from pneumocxr.config import (
     validate,
     without_display,
 )
+from pneumocxr.data.external import ExternalSet
+from pneumocxr.data.external import raw_files as external_files
 from pneumocxr.data.sources import DataLayoutError, raw_data_files
+from pneumocxr.errors import PneumocxrError
 from pneumocxr.codedeps import CodeDepsError, code_deps
 
 # The package's validator (the schema shipped in pneumocxr: every key's default, type and
@@ -27,6 +30,8 @@ except ParamsError as err:
 
 DATA_SOURCE = config["data"]["source"]
 DEMO_ROOT = "data/demo/chest_xray"
+DEMO_SITE_ROOT = "data/demo/site2"
+EXTERNAL = config["external"]
 PROCESSED = "data/processed"
 MODELS = "results/models"
 # The params that decide which jobs exist (architectures, tasks); dvc.yaml is generated for
@@ -46,6 +51,7 @@ if "three_class" not in TASKS:
 wildcard_constraints:
     task="binary|three_class",
     arch="[a-z0-9_]+",
+    set="[a-z][a-z0-9_]*",
 
 
 ENV = "../envs/pneumocxr.yaml"
@@ -99,6 +105,36 @@ def _raw_inputs():
 RAW_INPUTS = _raw_inputs()
 
 
+def external_raw(wildcards):
+    """Every file of one external set (the demo's second site is make_demo_site's folder)."""
+    spec = EXTERNAL[wildcards.set]
+    if Path(spec["path"]) == Path(DEMO_SITE_ROOT):
+        return [DEMO_SITE_ROOT]
+    try:
+        files = external_files(ExternalSet.from_params(wildcards.set, spec))
+    except PneumocxrError as err:
+        raise WorkflowError(f"external.{wildcards.set}: {err}") from None
+    if not files:
+        raise WorkflowError(f"external.{wildcards.set}: no image files under {spec['path']}")
+    return files
+
+
+def external_eval_inputs(wildcards):
+    """What evaluate_external reads: every classifier with its operating point and k-NN
+    index, and the anomaly detector with its fitted score and threshold."""
+    inputs = {
+        "anomaly_model": f"{MODELS}/autoencoder/best.pt",
+        "anomaly_state": "results/anomaly/score_state.pt",
+    }
+    for task in TASKS:
+        for arch in ARCHS:
+            key = f"{task}_{arch}"
+            inputs[f"model_{key}"] = f"{MODELS}/{task}/{arch}/best.pt"
+            inputs[f"calibration_{key}"] = f"{MODELS}/{task}/{arch}/calibration.json"
+            inputs[f"knn_{key}"] = f"{MODELS}/{task}/{arch}/knn_index.npz"
+    return inputs
+
+
 def classifier_metrics(wildcards=None):
     """Every trained classifier's metrics JSON, named ``<task>_<arch>``."""
     return {
@@ -116,8 +152,12 @@ def summary_inputs(wildcards=None):
         "anomaly": "results/anomaly/metrics.json",
         "anomaly_scores": "results/anomaly/scores.csv",
         "anomaly_model": f"{MODELS}/autoencoder/best.pt",
+        "external_sets": "results/external/sets.json",
         "code": code("summary.py"),
     }
+    for name in EXTERNAL:
+        inputs[f"external_{name}"] = f"results/external/{name}/metrics.json"
+        inputs[f"external_data_{name}"] = f"results/external/{name}/data.json"
     for task in TASKS:
         for arch in ARCHS:
             key = f"{task}_{arch}"
@@ -141,6 +181,8 @@ def all_targets():
         *expand("results/embed/{task}/{arch}/metrics.json", task=TASKS, arch=ARCHS),
         "results/anomaly/metrics.json",
         *expand("results/explain/{task}/{arch}/metrics.json", task=TASKS, arch=ARCHS),
+        "results/external/sets.json",
+        *expand("results/external/{set}/metrics.json", set=list(EXTERNAL)),
         # last: the run summary and model card, made from everything above
         "results/summary.json",
         "results/summary.md",

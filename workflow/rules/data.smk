@@ -36,7 +36,7 @@ rule make_demo:
     resources:
         mem_mb=1000,
     params:
-        demo=config["demo"],
+        demo=section("demo", "n_train", "n_test", "n_val", "size", "seed"),
     script:
         "../scripts/make_demo.py"
 

@@ -725,3 +725,60 @@ def generate_demo(out_root: str | Path, *, n_train: int, n_test: int, n_val: int
         log.info("demo %s: %d images (%d normal, %d bacteria, %d virus) from %d patients",
                  split, c["images"], c["normal"], c["bacteria"], c["virus"], c["patients"])
     return summary
+
+
+# --------------------------------------------------------------------------------------------
+# A second synthetic site (an external test set for the demo)
+# --------------------------------------------------------------------------------------------
+
+
+def site_transform(img: np.ndarray, rng: np.random.Generator, *, contrast: float, gamma: float,
+                   noise: float, zoom: float) -> np.ndarray:
+    """Another acquisition of the same kind of image: contrast and gamma (another detector and
+    exposure), zoom (another field of view and geometry), added noise and blur (another
+    detector). ``contrast`` scales around mid-grey; ``zoom`` > 1 crops in, < 1 shows more
+    border; ``noise`` is the added Gaussian noise's standard deviation (share of the range)."""
+    s = img.shape[0]
+    x = img.astype(np.float32) / 255.0
+    x = np.clip((x - 0.5) * contrast + 0.5, 0.0, 1.0) ** gamma
+    m = cv2.getRotationMatrix2D((s / 2, s / 2), 0.0, zoom)
+    x = cv2.warpAffine(x, m, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                       borderValue=0.0)
+    x = cv2.GaussianBlur(x, (0, 0), 0.6)
+    x = x + noise * rng.standard_normal(x.shape).astype(np.float32)
+    return np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
+
+
+def generate_demo_site(out_root: str | Path, *, n_images: int, size: int, seed: int,
+                       contrast: float, gamma: float, noise: float, zoom: float,
+                       progress: bool = False) -> dict:
+    """Write a synthetic external test set: ``NORMAL/`` and ``PNEUMONIA/`` folders of new
+    patients (generator ``seed``), each image passed through :func:`site_transform`.
+
+    The class mix and the Kermany-style names (subtype and patient in the name) are the demo
+    set's, so the set has subtypes and patient ids like the real external shift check.
+    """
+    _check_args(20, n_images, 4, size, seed)
+    root = Path(out_root)
+    if root.is_dir() and any(root.iterdir()):
+        raise InputError(f"{root}: folder is not empty; delete it so that no stale images mix "
+                         "with the new site")
+    items = [it for it in plan_demo(20, int(n_images), 4, int(seed)) if it.split == "test"]
+    for label in ("NORMAL", "PNEUMONIA"):
+        (root / label).mkdir(parents=True, exist_ok=True)
+    params = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+    for item in tqdm(items, desc="demo site", unit="img", disable=not progress):
+        pixels = render_demo_image(item, int(size), int(seed))
+        rng = np.random.default_rng([seed, _IMAGE + 10, item.image_uid])
+        pixels = site_transform(pixels, rng, contrast=contrast, gamma=gamma, noise=noise,
+                                zoom=zoom)
+        ok, buf = cv2.imencode(".jpeg", pixels, params)
+        if not ok:  # pragma: no cover
+            raise RuntimeError(f"OpenCV could not encode {item.file} as JPEG")
+        (root / item.label / item.file).write_bytes(buf.tobytes())
+    counts = Counter(it.subtype for it in items)
+    log.info("wrote %d images of a synthetic second site (seed %d: contrast %.2f, gamma %.2f, "
+             "noise %.3f, zoom %.2f) to %s: %s", len(items), seed, contrast, gamma, noise, zoom,
+             root, dict(counts))
+    return {"root": str(root), "n_images": len(items), "seed": int(seed),
+            "subtypes": dict(counts)}

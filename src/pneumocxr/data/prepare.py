@@ -167,7 +167,7 @@ def _prepare_arrays(candidates, rejected, official, cfg, variants, out_dir, repo
     scratch_dir = out_dir / _SCRATCH
     try:
         t0 = time.perf_counter()
-        kept, scratch = _process_all(candidates, cfg, variants, scratch_dir, threads, progress,
+        kept, scratch = process_candidates(candidates, cfg, variants, scratch_dir, threads, progress,
                                      rejected)
         t1 = time.perf_counter()
         log.info("decoded and preprocessed %d images in %.1f s (%.0f images/s, %d threads)",
@@ -254,7 +254,7 @@ def _opencv_single_thread() -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
-def _process_all(candidates, cfg, variants, scratch_dir, threads, progress, rejected):
+def process_candidates(candidates, cfg, variants, scratch_dir, threads, progress, rejected):
     """Decode + preprocess every candidate into per-variant scratch arrays (row i = candidate
     i). Returns the metadata of the kept ones and the scratch arrays; appends rejections."""
     n = len(candidates)
