@@ -31,7 +31,7 @@ from .metrics import binary_rates, youden_threshold
 from .settings import CalibrateSettings
 from .utils import write_json
 
-THRESHOLD_RULES = ("youden", "sensitivity")
+THRESHOLD_RULES = ("youden", "sensitivity", "plateau", "half")
 #: what the threshold is applied to
 THRESHOLD_SCORE = "p(pneumonia) = 1 - p(normal), after temperature scaling"
 CALIBRATION_FORMAT = 1
@@ -91,19 +91,69 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: in
 
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-9, 1 - 1e-9)
+    return np.log(p / (1 - p))
+
+
+def plateau_threshold(y_true: np.ndarray, score: np.ndarray, tolerance: float
+                      ) -> dict[str, float]:
+    """The middle, in logit space, of the run of thresholds whose Youden J is within
+    ``tolerance`` of the best one (the run holding the best).
+
+    On a well-separated validation split many thresholds are equally good, and Youden's
+    argmax sits at one edge of that plateau: the first to give way when the scores of new
+    images move. The middle keeps the largest margin to both classes' scores.
+    """
+    y = np.asarray(y_true).astype(int)
+    z = _logit(score)
+    u = np.unique(z)
+    cuts = np.concatenate([[u[0] - 1.0], (u[:-1] + u[1:]) / 2, [u[-1] + 1.0]])
+    pos, neg = z[y == 1], z[y == 0]
+    sens = np.array([(pos >= c).mean() for c in cuts])
+    spec = np.array([(neg < c).mean() for c in cuts])
+    j = sens + spec - 1
+    best = int(np.argmax(j))
+    ok = j >= j[best] - tolerance
+    lo = hi = best
+    while lo > 0 and ok[lo - 1]:
+        lo -= 1
+    while hi < len(cuts) - 1 and ok[hi + 1]:
+        hi += 1
+    # cut i stands for every threshold in (u[i-1], u[i]]: the run spans (low, high]
+    low = u[lo - 1] if lo > 0 else u[0] - 1.0
+    high = u[hi] if hi < len(u) else u[-1] + 1.0
+
+    def sigmoid(v: float) -> float:
+        return float(1 / (1 + np.exp(-v)))
+
+    return {"threshold": sigmoid((low + high) / 2), "plateau_low": sigmoid(low),
+            "plateau_high": sigmoid(high), "best_j": float(j[best])}
+
+
 def choose_threshold(y_true: np.ndarray, score: np.ndarray, rule: str = "youden",
-                     target_sensitivity: float = 0.95) -> dict[str, Any]:
+                     target_sensitivity: float = 0.95, tolerance: float = 0.02
+                     ) -> dict[str, Any]:
     """Operating threshold on p(pneumonia) from validation data (a score >= it is positive).
 
     Rules: ``youden`` maximises sensitivity + specificity - 1; ``sensitivity`` is the highest
-    threshold whose sensitivity reaches ``target_sensitivity`` (the most specific such point).
+    threshold whose sensitivity reaches ``target_sensitivity`` (the most specific such point);
+    ``plateau`` is the middle of the near-best Youden thresholds (:func:`plateau_threshold`,
+    within ``tolerance``); ``half`` is 0.5, the temperature-scaled argmax.
     """
     y_true = np.asarray(y_true).astype(int)
     if len(np.unique(y_true)) < 2:
         raise InputError("choosing a threshold needs normal and pneumonia images in the "
                          "validation split")
+    extra: dict[str, Any] = {}
     if rule == "youden":
         t = youden_threshold(y_true, score)["threshold"]
+    elif rule == "plateau":
+        res = plateau_threshold(y_true, score, tolerance)
+        t = res.pop("threshold")
+        extra = {"tolerance": float(tolerance), **res}
+    elif rule == "half":
+        t = 0.5
     elif rule == "sensitivity":
         if not 0.0 < target_sensitivity <= 1.0:
             raise InputError(f"target_sensitivity must be in (0, 1], got {target_sensitivity}")
@@ -115,7 +165,8 @@ def choose_threshold(y_true: np.ndarray, score: np.ndarray, rule: str = "youden"
     rates = binary_rates(y_true, (np.asarray(score) >= t).astype(int))
     return {"value": float(t), "rule": rule,
             "target_sensitivity": float(target_sensitivity) if rule == "sensitivity" else None,
-            "val_sensitivity": rates["sensitivity"], "val_specificity": rates["specificity"]}
+            "val_sensitivity": rates["sensitivity"], "val_specificity": rates["specificity"],
+            **extra}
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -129,7 +180,7 @@ def calibrate(logits: np.ndarray, labels: np.ndarray, settings: CalibrateSetting
     temperature = fit_temperature(logits, labels)
     threshold = choose_threshold((labels != 0).astype(int),
                                  pneumonia_score(probabilities(logits, temperature)),
-                                 settings.rule, settings.target_sensitivity)
+                                 settings.rule, settings.target_sensitivity, settings.tolerance)
     threshold["score"] = THRESHOLD_SCORE
     return {"format": CALIBRATION_FORMAT, "temperature": temperature,
             "operating_threshold": threshold}

@@ -476,6 +476,8 @@ def build_summary(inputs: Mapping[str, str], *, seed: int = 0, n_boot: int | Non
         anomaly = _anomaly(other["anomaly"], other["anomaly_scores"], other.get("anomaly_model"),
                            n_boot=int(n_boot or 1000), seed=seed)
     external = _external(other["external_sets"]) if "external_sets" in other else {}
+    geometry = (_read_json(other["geometry"], "geometry baseline") if "geometry" in other
+                else None)
     sources = {data["source"]} | {c["data_source"] for c in classifiers}
     if anomaly:
         sources.add(anomaly["data_source"])
@@ -498,6 +500,7 @@ def build_summary(inputs: Mapping[str, str], *, seed: int = 0, n_boot: int | Non
         "classifiers": {f"{c['task']}_{c['arch']}": c for c in classifiers},
         "anomaly": anomaly,
         "external": external,
+        "geometry": geometry,
         "published": {p["id"]: dict(p, data=STUDY_TEST_SET["name"], prevalence=STUDY_PREVALENCE)
                       for p in PUBLISHED},
     }
@@ -639,6 +642,7 @@ def render_summary_md(summary: Mapping[str, Any]) -> str:
                           f"{fmt(th.get('val_fnr'), 'frac')})."]
         lines.append("")
     lines += external_md(summary)
+    lines += geometry_md(summary)
     lines += ["## Published numbers", "",
               "| source | task | architecture | image size | weights | metrics |",
               "| --- | --- | --- | --- | --- | --- |"]
@@ -784,6 +788,32 @@ def external_md(summary: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def geometry_md(summary: Mapping[str, Any]) -> list[str]:
+    """Markdown: the geometry-only baseline next to the binary models' test AUROC."""
+    g = summary.get("geometry")
+    if not g:
+        return []
+    lines = ["## The acquisition shortcut: a geometry-only baseline", ""]
+    if not g.get("available"):
+        return lines + [f"Not measured: {g.get('reason')}.", ""]
+    single = g["single_feature_train_auroc"]
+    lines += ["The class predicted from the original image size alone (logistic regression on "
+              "width, height and aspect ratio; sizes from " + g["sizes_from"] + "; "
+              f"{g['n_train']} train and {g['n_test']} test images with known sizes). On train, "
+              f"the aspect ratio alone gives AUROC {single['aspect']['auroc']:.3f} (pneumonia "
+              f"{single['aspect']['pneumonia_is']}) and the area {single['area']['auroc']:.3f} "
+              f"(pneumonia {single['area']['pneumonia_is']}): a model can score well by reading "
+              "the acquisition, and a resized copy keeps the geometry in its pixels.", "",
+              "| model | AUROC on the test split (95% CI) |", "| --- | --- |",
+              f"| geometry only, patient-grouped CV on train | {fmt_ci(g['train_cv']['auroc'], 'frac')} |",
+              f"| geometry only, fitted on train | {fmt_ci(g['test']['auroc'], 'frac')} |"]
+    for run in summary["classifiers"].values():
+        if run["task"] == "binary":
+            lines.append(f"| {run['arch']} binary classifier (all images) | "
+                         f"{fmt_ci(run['metrics']['auroc'], 'frac')} |")
+    return lines + [""]
+
+
 def _limits(summary: Mapping[str, Any]) -> list[str]:
     data = summary["data"]
     out = []
@@ -926,6 +956,7 @@ def render_model_card(summary: Mapping[str, Any]) -> str:
                      f"{fmt(th['test_specificity'], 'frac')}.")
     lines += [""] + [ln.replace("## External test sets", "## External validation", 1)
                      for ln in external_md(summary)]
+    lines += geometry_md(summary)
     lines += ["", "## Known limits", ""]
     lines += [f"- {item}" for item in _limits(summary)]
     lines.append("")

@@ -134,6 +134,7 @@ class CalibrateSettings(Section):
     SECTION: ClassVar[str] = "calibrate"
     rule: str
     target_sensitivity: float
+    tolerance: float
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,12 @@ def external_raw(wildcards):
     return files
 
 
+def geometry_inputs(wildcards=None):
+    """The size manifest of geometry_baseline, when params name one."""
+    manifest = config["geometry"]["manifest"]
+    return {"manifest": manifest} if manifest else {}
+
+
 def external_eval_inputs(wildcards):
     """What evaluate_external reads: every classifier with its operating point and k-NN
     index, and the anomaly detector with its fitted score and threshold."""
@@ -153,6 +159,7 @@ def summary_inputs(wildcards=None):
         "anomaly_scores": "results/anomaly/scores.csv",
         "anomaly_model": f"{MODELS}/autoencoder/best.pt",
         "external_sets": "results/external/sets.json",
+        "geometry": "results/shortcut/geometry.json",
         "code": code("summary.py"),
     }
     for name in EXTERNAL:

@@ -55,3 +55,27 @@ rule explain:
         device=config["device"],
     script:
         "../scripts/explain.py"
+
+
+rule geometry_baseline:
+    # The acquisition shortcut, measured: the class predicted from the original image size
+    # alone (logistic regression on width, height, aspect; patient-grouped CV on train).
+    input:
+        unpack(geometry_inputs),
+        processed=PROCESSED,
+        code=code("geometry_baseline.py"),
+    output:
+        metrics="results/shortcut/geometry.json",
+    log:
+        "logs/geometry_baseline.log",
+    conda:
+        ENV
+    threads: 1
+    resources:
+        mem_mb=1000,
+    params:
+        geometry=config["geometry"],
+        evaluate=section("evaluate", "n_boot"),
+        seed=config["seed"],
+    script:
+        "../scripts/geometry_baseline.py"
