@@ -58,3 +58,36 @@ def test_training_logs_hold_epochs_and_outputs_hold_no_clock_time(demo_workspace
     assert re.search(r"epoch 1/\d+: .* s, [\d.]+ img/s", log)
     history = (work / "results/classify/binary/resnet18/history.csv").read_text()
     assert "seconds" not in history and "images_per_s" not in history
+
+
+def test_the_demo_second_site_is_evaluated_as_an_external_set(demo_workspace):
+    work, _ = demo_workspace
+    data = json.loads((work / "results/external/demo_site/data.json").read_text())
+    assert data["n_images"] > 0 and data["patients_known"] and data["n_excluded_in_train"] == 0
+    m = json.loads((work / "results/external/demo_site/metrics.json").read_text())
+    assert set(m["classifiers"]) == {"binary_resnet18", "three_class_resnet18"}
+    at = m["classifiers"]["binary_resnet18"]["normal_vs_pneumonia"]["at_operating"]
+    assert {"sensitivity", "specificity", "ppv", "npv"} <= set(at)
+    assert "anomaly" in m and m["classifiers"]["binary_resnet18"]["knn"] is not None
+    summary = (work / "results/summary.md").read_text()
+    assert "## External test sets" in summary and "`demo_site`" in summary
+    assert "External validation" in (work / "results/MODEL_CARD.md").read_text()
+
+
+def test_calibrate_fits_a_site_operating_point_that_predict_then_uses(demo_workspace, tmp_path):
+    work, env = demo_workspace
+    out = tmp_path / "site_calibration.json"
+    proc = run([str(BIN / "pneumocxr"), "calibrate", "data/demo/site2", "--models", "results",
+                "--n-boot", "50", "--out", str(out)], work, env=env)
+    assert "site operating point: threshold" in proc.stdout and "normal and" in proc.stdout
+    cal = json.loads(out.read_text())
+    assert cal["source"] == "site" and cal["fitted_on"]["n_images"] == 60
+    assert cal["ci"]["threshold"]["ci_low"] <= cal["operating_threshold"]["value"] \
+        <= cal["ci"]["threshold"]["ci_high"]
+    files = sorted((work / "data/demo/site2/NORMAL").iterdir())[:2]
+    pred = run([str(BIN / "pneumocxr"), "predict", *map(str, files), "--models", "results",
+                "--calibration", str(out), "--out", str(tmp_path / "p.json")], work, env=env)
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert "operating point from" in pred.stderr
+    threshold = cal["operating_threshold"]["value"]
+    assert all(abs(r["threshold"] - threshold) < 1e-12 for r in rows["predictions"])
