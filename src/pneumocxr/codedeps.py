@@ -2,8 +2,8 @@
 
 A pipeline step is a thin script (``workflow/scripts/X.py``) over library modules; its result
 depends on every module it imports, directly or through other modules, at any depth and also
-inside functions (imports under ``if TYPE_CHECKING:`` never run and are left out), and on the
-package data those modules read (the params schema). :func:`code_deps` lists them; Snakemake
+inside functions (imports under ``if TYPE_CHECKING:`` never run and are left out).
+:func:`code_deps` lists them; Snakemake
 rules take the list as their ``code`` input and DVC stages as deps, and the training stages
 hash it into their resume key (:func:`code_fingerprint`), so a code change never resumes a
 run that older code started. Standard library only.
@@ -94,12 +94,9 @@ def _closure(start: list[Path], package_dir: Path, *, start_is_script: bool) -> 
                 if f is not None and f not in seen:
                     seen.add(f)
                     todo.append(f)
-    # package data a module reads (the params schema): a dependency of the modules naming it
-    data_files = [f for f in package_dir.rglob("*") if f.is_file()
-                  and f.suffix not in (".py", ".pyc") and "__pycache__" not in f.parts]
-    for f in list(seen):
-        text = f.read_text()
-        seen.update(d for d in data_files if f'"{d.name}"' in text)
+    # The params schema (package data) is not a dependency: it only validates and fills in
+    # defaults, and the validated values a step reads are its params, which both engines
+    # track (every key a DVC stage lists is written in params.yaml).
     return sorted(str(f) for f in seen)
 
 
