@@ -44,7 +44,10 @@ import pandas as pd
 import torch
 from sklearn.model_selection import StratifiedGroupKFold
 
-from pneumocxr import anomaly
+from pneumocxr import models
+from pneumocxr.anomaly import evaluate as ae_eval
+from pneumocxr.anomaly import scores
+from pneumocxr.anomaly import train as ae_train
 from pneumocxr.checkpoint import ResumeCache, params_key, save_checkpoint
 from pneumocxr.data.arrays import load_split
 from pneumocxr.metrics import auroc, binary_rates, eer_threshold
@@ -156,8 +159,8 @@ def _key(name: str) -> str:
     return params_key(cfg, variant)
 
 
-def _model(cfg: dict) -> anomaly.ConvAutoencoder:
-    return anomaly.ConvAutoencoder(cfg["input_size"], cfg["channels"], cfg["latent_dim"],
+def _model(cfg: dict) -> models.ConvAutoencoder:
+    return models.ConvAutoencoder(cfg["input_size"], cfg["channels"], cfg["latent_dim"],
                                    variational=cfg.get("variational", False))
 
 
@@ -182,8 +185,8 @@ def train(name: str, progress: bool = False) -> Path:
     tr = load_split(DATA, "train", variant)
     va = load_split(DATA, "val", variant)
     s = cfg["input_size"]
-    x = anomaly.to_tensor(tr.images[tr.y_binary == 0], s)
-    xv = anomaly.to_tensor(va.images[va.y_binary == 0], s)
+    x = models.autoencoder_input(tr.images[tr.y_binary == 0], s)
+    xv = models.autoencoder_input(va.images[va.y_binary == 0], s)
     model = _model(cfg)
 
     def snapshot(epoch: int, row: dict) -> None:
@@ -191,7 +194,7 @@ def train(name: str, progress: bool = False) -> Path:
             torch.save(model.state_dict(), snaps / f"epoch{epoch:03d}.pt")
 
     t0 = time.time()
-    res = anomaly.fit_autoencoder(model, x, xv, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
+    res = ae_train.fit_autoencoder(model, x, xv, epochs=cfg["epochs"], batch_size=cfg["batch_size"],
                                   lr=cfg["lr"], kl_weight=cfg.get("kl_weight", 1.0),
                                   seed=cfg["seed"], cache=cache, progress=progress,
                                   on_epoch_end=snapshot)
@@ -205,33 +208,33 @@ def train(name: str, progress: bool = False) -> Path:
 # ----------------------------------------------------------------------------- scoring
 
 
-def candidate_scores() -> dict[str, anomaly.AnomalyScore]:
+def candidate_scores() -> dict[str, scores.AnomalyScore]:
     """Every score variant compared (name -> unfitted scorer)."""
-    c: dict[str, anomaly.AnomalyScore] = {}
+    c: dict[str, scores.AnomalyScore] = {}
     for kind in ("mse", "ssim", "gradient"):
-        c[f"{kind}_mean"] = anomaly.ReconstructionError(kind, "mean")
-        c[f"{kind}_top1pct"] = anomaly.ReconstructionError(kind, "topk", 0.01)
+        c[f"{kind}_mean"] = scores.ReconstructionError(kind, "mean")
+        c[f"{kind}_top1pct"] = scores.ReconstructionError(kind, "topk", 0.01)
     for pct in (0.5, 2, 5):  # the aggregation's fraction for the structural error
-        c[f"ssim_top{pct}pct"] = anomaly.ReconstructionError("ssim", "topk", pct / 100)
-    c["feature_error_mean"] = anomaly.FeatureError("mean")
-    c["latent_mahalanobis"] = anomaly.LatentDensity("mahalanobis")
-    c["latent_knn5"] = anomaly.LatentDensity("knn", 5)
-    c["feature_stats_all"] = anomaly.FeatureStatsDensity()
+        c[f"ssim_top{pct}pct"] = scores.ReconstructionError("ssim", "topk", pct / 100)
+    c["feature_error_mean"] = scores.FeatureError("mean")
+    c["latent_mahalanobis"] = scores.LatentDensity("mahalanobis")
+    c["latent_knn5"] = scores.LatentDensity("knn", 5)
+    c["feature_stats_all"] = scores.FeatureStatsDensity()
     for lv in range(4):
-        c[f"feature_stats_L{lv}"] = anomaly.FeatureStatsDensity([lv])
-    c["feature_stats_L01"] = anomaly.FeatureStatsDensity([0, 1])
+        c[f"feature_stats_L{lv}"] = scores.FeatureStatsDensity([lv])
+    c["feature_stats_L01"] = scores.FeatureStatsDensity([0, 1])
     for lv in (1, 2, 3):
-        c[f"patch_L{lv}_mean"] = anomaly.PatchDensity(lv, "mean")
-        c[f"patch_L{lv}_top10pct"] = anomaly.PatchDensity(lv, "topk", 0.1)
+        c[f"patch_L{lv}_mean"] = scores.PatchDensity(lv, "mean")
+        c[f"patch_L{lv}_top10pct"] = scores.PatchDensity(lv, "topk", 0.1)
     return c
 
 
 def _forwards(model, x, batch_size=64, recon_feats=True):
     for i in range(0, len(x), batch_size):
-        yield anomaly.forward_batch(model, x[i:i + batch_size], recon_feats=recon_feats)
+        yield scores.forward_batch(model, x[i:i + batch_size], recon_feats=recon_feats)
 
 
-def _load_model(name: str, epoch: int | None) -> tuple[anomaly.ConvAutoencoder, int]:
+def _load_model(name: str, epoch: int | None) -> tuple[models.ConvAutoencoder, int]:
     """The weights of ``name``: best (None), untrained (0) or the snapshot of ``epoch``."""
     cfg, _ = _cfg(name)
     key = _key(name)
@@ -273,7 +276,7 @@ def score(name: str, epoch: int | None = None) -> dict:
     s = cfg["input_size"]
     model, at_epoch = _load_model(name, epoch)
     tr = load_split(DATA, "train", variant)
-    fw_train = list(_forwards(model, anomaly.to_tensor(tr.images[tr.y_binary == 0], s)))
+    fw_train = list(_forwards(model, models.autoencoder_input(tr.images[tr.y_binary == 0], s)))
     fitted: dict = {}
     for sc in scorers.values():  # scores that differ only in aggregation share one fit
         fit_key = (type(sc).__name__, getattr(sc, "level", None),
@@ -289,7 +292,7 @@ def score(name: str, epoch: int | None = None) -> dict:
         d = load_split(DATA, split, variant)
         labels[split], subtypes[split] = d.y_binary, d.meta["subtype"].to_numpy()
         out = {k: [] for k in scorers}
-        for fw in _forwards(model, anomaly.to_tensor(d.images, s)):
+        for fw in _forwards(model, models.autoencoder_input(d.images, s)):
             for k, sc in scorers.items():
                 out[k].append(sc.score(fw))
         values[split].update({k: torch.cat(v).numpy() for k, v in out.items()})
@@ -367,7 +370,7 @@ def acquisition_check(scores: dict[str, np.ndarray]) -> dict:
 
 def stage_evaluation(name: str = "ae_seed42", score_params: dict | None = None,
                      out: Path = SCRATCH / "stage") -> dict:
-    """Run the evaluation stage (:func:`pneumocxr.anomaly.run_anomaly_evaluation`, default
+    """Run the evaluation stage (:func:`pneumocxr.anomaly.evaluate.run_anomaly_evaluation`, default
     params unless ``score_params``) on the real arrays with the weights of ``name``.
 
     The weights are wrapped in a stage checkpoint (the same ``fit_autoencoder`` trained them;
@@ -393,7 +396,7 @@ def stage_evaluation(name: str = "ae_seed42", score_params: dict | None = None,
                "reconstructions": res / "reconstructions.png",
                "histogram": res / "score_histogram.png", "roc": res / "roc.png"}
     params = {"score": score_params} if score_params else {}
-    return anomaly.run_anomaly_evaluation(model_path, DATA, outputs, params=params,
+    return ae_eval.run_anomaly_evaluation(model_path, DATA, outputs, params=params,
                                           seed=cfg["seed"], device="cpu")
 
 

@@ -10,9 +10,14 @@ import pytest
 import torch
 from sklearn.covariance import ledoit_wolf as sklearn_ledoit_wolf
 
-from pneumocxr import anomaly
-from pneumocxr.anomaly import (ConvAutoencoder, Forward, aggregate, choose_threshold,
-                               create_score, fit_autoencoder, ledoit_wolf, ssim_map, to_tensor)
+from pneumocxr.anomaly import detect
+from pneumocxr.anomaly import evaluate as ae_eval
+from pneumocxr.anomaly import train as ae_train
+from pneumocxr.anomaly.detect import choose_threshold
+from pneumocxr.anomaly.scores import Forward, aggregate, create_score, ledoit_wolf, ssim_map
+from pneumocxr.anomaly.train import fit_autoencoder
+from pneumocxr.models import ConvAutoencoder
+from pneumocxr.models import autoencoder_input as to_tensor
 from pneumocxr.checkpoint import load_checkpoint, save_checkpoint
 from pneumocxr.config import ParamsError, complete
 from pneumocxr.settings import AutoencoderSettings, AutoencoderTrainSettings, ScoreSettings
@@ -72,12 +77,12 @@ def test_autoencoder_reconstructs_a_constant_image_better_after_a_few_steps():
     torch.manual_seed(0)
     model = ConvAutoencoder(**TINY)
     x = torch.full((8, 1, 16, 16), 0.8)
-    before = anomaly.evaluate_loss(model, x)
+    before = ae_train.evaluate_loss(model, x)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     gen = torch.Generator().manual_seed(0)
     for _ in range(30):
-        anomaly.train_one_epoch(model, x, opt, batch_size=8, generator=gen)
-    after = anomaly.evaluate_loss(model, x)
+        ae_train.train_one_epoch(model, x, opt, batch_size=8, generator=gen)
+    after = ae_train.evaluate_loss(model, x)
     assert after < 0.1 * before
 
 
@@ -242,7 +247,7 @@ def test_eer_tolerance_is_reported_unmet_when_no_threshold_balances_the_rates():
 def test_anomaly_metrics_have_cis_and_reweighted_precision():
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
     s = np.array([0.1, 0.2, 0.3, 0.7, 0.4, 0.6, 0.8, 0.9, 0.95, 0.99])
-    m = anomaly.anomaly_metrics(y, s, 0.5, patients=np.arange(10) // 2, prevalence=0.5,
+    m = detect.anomaly_metrics(y, s, 0.5, patients=np.arange(10) // 2, prevalence=0.5,
                                 n_boot=50, seed=0)
     assert m["sensitivity"]["value"] == pytest.approx(5 / 6)
     assert m["specificity"]["value"] == pytest.approx(0.75)
@@ -261,7 +266,7 @@ def test_anomaly_metrics_have_cis_and_reweighted_precision():
 def test_training_resumes_bitwise_identical_after_an_interruption(tmp_path):
     processed = _write_prepared(tmp_path / "processed")
     params = _params()
-    full = anomaly.run_autoencoder_training(processed, tmp_path / "a/best.pt",
+    full = ae_train.run_autoencoder_training(processed, tmp_path / "a/best.pt",
                                             tmp_path / "a/history.csv", params=params, seed=1,
                                             device="cpu", resume_root=tmp_path / "cache_a")
 
@@ -273,12 +278,12 @@ def test_training_resumes_bitwise_identical_after_an_interruption(tmp_path):
             raise Stop
 
     with pytest.raises(Stop):
-        anomaly.run_autoencoder_training(processed, tmp_path / "b/best.pt",
+        ae_train.run_autoencoder_training(processed, tmp_path / "b/best.pt",
                                          tmp_path / "b/history.csv", params=params, seed=1,
                                          device="cpu", resume_root=tmp_path / "cache_b",
                                          on_epoch_end=stop_after_two)
     assert not (tmp_path / "b/best.pt").exists()
-    resumed = anomaly.run_autoencoder_training(processed, tmp_path / "b/best.pt",
+    resumed = ae_train.run_autoencoder_training(processed, tmp_path / "b/best.pt",
                                                tmp_path / "b/history.csv", params=params,
                                                seed=1, device="cpu",
                                                resume_root=tmp_path / "cache_b")
@@ -326,7 +331,7 @@ def test_training_without_normal_images_is_a_clear_error(tmp_path):
     meta["label"] = "PNEUMONIA"
     meta.to_csv(processed / "metadata.csv", index=False)
     with pytest.raises(ValueError, match="normal images"):
-        anomaly.run_autoencoder_training(processed, tmp_path / "m.pt", tmp_path / "h.csv",
+        ae_train.run_autoencoder_training(processed, tmp_path / "m.pt", tmp_path / "h.csv",
                                          params=_params(), device="cpu",
                                          resume_root=tmp_path / "cache")
 
@@ -335,14 +340,14 @@ def test_training_without_normal_images_is_a_clear_error(tmp_path):
 def test_evaluation_writes_metrics_scores_and_figures(tmp_path, method):
     processed = _write_prepared(tmp_path / "processed")
     params = _params(score={"method": method, "level": -1, "aggregation": "mean"})
-    anomaly.run_autoencoder_training(processed, tmp_path / "best.pt", tmp_path / "history.csv",
+    ae_train.run_autoencoder_training(processed, tmp_path / "best.pt", tmp_path / "history.csv",
                                      params=params, seed=0, device="cpu",
                                      resume_root=tmp_path / "cache")
     outputs = {"metrics": tmp_path / "out/metrics.json", "scores": tmp_path / "out/scores.csv",
                "reconstructions": tmp_path / "out/reconstructions.png",
                "histogram": tmp_path / "out/histogram.png", "roc": tmp_path / "out/roc.png",
                "score_state": tmp_path / "out/score_state.pt"}
-    metrics = anomaly.run_anomaly_evaluation(tmp_path / "best.pt", processed, outputs,
+    metrics = ae_eval.run_anomaly_evaluation(tmp_path / "best.pt", processed, outputs,
                                              params=params, seed=0, device="cpu")
     for path in outputs.values():
         assert path.is_file() and path.stat().st_size > 0
@@ -357,7 +362,7 @@ def test_evaluation_writes_metrics_scores_and_figures(tmp_path, method):
     assert set(scores["split"]) == {"val", "test"} and len(scores) == 40
     state = torch.load(outputs["score_state"], weights_only=True)
     assert state["score"]["method"] == method and state["threshold"]["value"] == t["value"]
-    reloaded = anomaly.create_score(**state["score"])
+    reloaded = create_score(**state["score"])
     reloaded.load_state_dict(state["state"])  # what predict does with it
     # the threshold came from val: recomputing the EER there gives it back
     val = scores[scores["split"] == "val"]
@@ -370,12 +375,12 @@ def test_evaluation_rejects_a_classifier_checkpoint(tmp_path):
     save_checkpoint(tmp_path / "clf.pt", {}, {"arch": "resnet18"}, kind="classifier")
     processed = _write_prepared(tmp_path / "processed")
     with pytest.raises(ValueError, match="kind 'classifier', expected 'autoencoder'"):
-        anomaly.run_anomaly_evaluation(tmp_path / "clf.pt", processed,
+        ae_eval.run_anomaly_evaluation(tmp_path / "clf.pt", processed,
                                        {"metrics": tmp_path / "m.json"}, params=_params())
     # a best.pt written before checkpoints carried a format is refused, not misread
     torch.save({"model": {}, "meta": {"kind": "autoencoder"}}, tmp_path / "old.pt")
     with pytest.raises(ValueError, match="checkpoint format 1"):
-        anomaly.run_anomaly_evaluation(tmp_path / "old.pt", processed,
+        ae_eval.run_anomaly_evaluation(tmp_path / "old.pt", processed,
                                        {"metrics": tmp_path / "m.json"}, params=_params())
     assert not (tmp_path / "m.json").exists()
 
@@ -385,11 +390,11 @@ def test_evaluation_refuses_a_score_block_the_trained_model_lacks(tmp_path):
     depth is checked when it is loaded."""
     processed = _write_prepared(tmp_path / "processed")
     params = _params(train={"epochs": 1})
-    anomaly.run_autoencoder_training(processed, tmp_path / "best.pt", tmp_path / "history.csv",
+    ae_train.run_autoencoder_training(processed, tmp_path / "best.pt", tmp_path / "history.csv",
                                      params={"model": params["model"], "train": params["train"]},
                                      device="cpu", resume_root=tmp_path / "cache")
     with pytest.raises(ValueError, match="encoder block 2 does not exist; the autoencoder has 2"):
-        anomaly.run_anomaly_evaluation(
+        ae_eval.run_anomaly_evaluation(
             tmp_path / "best.pt", processed, {"metrics": tmp_path / "m.json"},
             params={"score": {"method": "feature_error", "level": 2},
                     "evaluate": params["evaluate"]}, device="cpu")

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from pneumocxr import CLASS_NAMES_3, CLASS_NAMES_BINARY
-from pneumocxr.anomaly import ConvAutoencoder
+from pneumocxr.models import ConvAutoencoder
 from pneumocxr.checkpoint import atomic_save, load_checkpoint, save_checkpoint
 from pneumocxr.cli import EXIT_SOME_FAILED, main
 from pneumocxr.data.dicom import encode_dicom

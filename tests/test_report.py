@@ -185,7 +185,7 @@ def test_three_class_accuracy_is_reweighted_to_the_official_class_mix():
 
 
 def test_reweighting_agrees_with_the_anomaly_stage_reference_prevalence_metrics():
-    from pneumocxr.anomaly import anomaly_metrics
+    from pneumocxr.anomaly.detect import anomaly_metrics
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 120)

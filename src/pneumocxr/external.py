@@ -244,14 +244,16 @@ def _shortcut_and_lungs(model: Any, meta: Mapping[str, Any], data_dir: Path, tas
 
 def _anomaly(model_path: str, state_path: str, data_dir: Path, *, n_boot: int, seed: int,
              batch_size: int) -> tuple[dict[str, Any], np.ndarray]:
-    from . import anomaly as an
+    from .anomaly.detect import anomaly_metrics, load_detector
+    from .anomaly.scores import compute_scores
+    from .models import autoencoder_input
 
-    det = an.load_detector(model_path, state_path)
+    det = load_detector(model_path, state_path)
     data = load_split(data_dir, "test", det.meta["variant"])
-    x = an.to_tensor(np.asarray(data.images), int(det.meta["model"]["input_size"]))
-    scores = an.compute_scores(det.scorer, det.model, x, batch_size)
+    x = autoencoder_input(np.asarray(data.images), int(det.meta["model"]["input_size"]))
+    scores = compute_scores(det.scorer, det.model, x, batch_size)
     y = data.y_binary
-    m = an.anomaly_metrics(y, scores, det.threshold, data.patients, prevalence=float(y.mean()),
+    m = anomaly_metrics(y, scores, det.threshold, data.patients, prevalence=float(y.mean()),
                            n_boot=n_boot, seed=seed)
     sub = data.meta["subtype"].to_numpy()
     flagged = scores >= det.threshold

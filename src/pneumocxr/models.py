@@ -31,15 +31,18 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
 from .errors import InputError, RunError
 from .checkpoint import load_checkpoint
+from .utils import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -346,3 +349,131 @@ def load_model(path: str | Path, *, arch: str | None = None,
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, meta
+
+
+# --------------------------------------------------------------------------------------------
+# The anomaly detector's network: a convolutional autoencoder of normal images
+# --------------------------------------------------------------------------------------------
+
+
+class ConvAutoencoder(nn.Module):
+    """Convolutional autoencoder (optionally variational) for 1-channel square images.
+
+    Encoder: ``len(channels)`` blocks of Conv2d(4x4, stride 2) + BatchNorm + LeakyReLU, each
+    halving the side, then a linear map to a ``latent_dim`` code. Decoder: the mirror image with
+    ConvTranspose2d(4x4, stride 2) blocks, ending in a sigmoid (pixels in [0, 1]).
+
+    Args:
+        input_size: side of the (square) input; must be divisible by ``2 ** len(channels)``.
+        channels: output channels of the encoder blocks (the depth is their number).
+        latent_dim: size of the bottleneck code.
+        in_chans: image channels (1 for X-rays).
+        variational: encode a Gaussian (mean, log-variance) and sample from it while training
+            (a VAE); at evaluation the mean is decoded.
+    """
+
+    def __init__(self, input_size: int = 128, channels: Sequence[int] = (16, 32, 64, 128),
+                 latent_dim: int = 128, in_chans: int = 1, variational: bool = False):
+        super().__init__()
+        channels = [int(c) for c in channels]
+        if not channels:
+            raise InputError("anomaly.channels must list at least one encoder block")
+        depth = len(channels)
+        if input_size % (2 ** depth):
+            raise InputError(
+                f"anomaly.input_size={input_size} is not divisible by 2**depth={2 ** depth} "
+                f"(depth = len(anomaly.channels) = {depth}); pick a multiple of {2 ** depth}"
+            )
+        self.input_size = int(input_size)
+        self.channels = channels
+        self.latent_dim = int(latent_dim)
+        self.in_chans = int(in_chans)
+        self.variational = bool(variational)
+        self.bottom = input_size // 2 ** depth
+        flat = channels[-1] * self.bottom ** 2
+
+        enc: list[nn.Module] = []
+        c_in = in_chans
+        for c in channels:
+            enc.append(nn.Sequential(
+                nn.Conv2d(c_in, c, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c), nn.LeakyReLU(0.2, inplace=True)))
+            c_in = c
+        self.encoder = nn.ModuleList(enc)
+        self.to_latent = nn.Linear(flat, latent_dim * (2 if variational else 1))
+        self.from_latent = nn.Linear(latent_dim, flat)
+        dec: list[nn.Module] = []
+        rev = channels[::-1]
+        for c, c_out in zip(rev[:-1], rev[1:]):
+            dec.append(nn.Sequential(
+                nn.ConvTranspose2d(c, c_out, 4, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)))
+        dec.append(nn.ConvTranspose2d(rev[-1], in_chans, 4, stride=2, padding=1))
+        self.decoder = nn.Sequential(*dec)
+
+    def config(self) -> dict[str, Any]:
+        """The constructor arguments (stored in checkpoints to rebuild the model)."""
+        return {"input_size": self.input_size, "channels": list(self.channels),
+                "latent_dim": self.latent_dim, "in_chans": self.in_chans,
+                "variational": self.variational}
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps of every encoder block (shallow to deep)."""
+        feats = []
+        for block in self.encoder:
+            x = block(x)
+            feats.append(x)
+        return feats
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(mean, log_variance)`` of the code; ``log_variance`` is None for a plain AE."""
+        h = self.forward_features(x)[-1].flatten(1)
+        z = self.to_latent(h)
+        if self.variational:
+            mu, logvar = z.chunk(2, dim=1)
+            return mu, logvar.clamp(-10.0, 10.0)
+        return z, None
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.from_latent(z).view(-1, self.channels[-1], self.bottom, self.bottom)
+        return torch.sigmoid(self.decoder(F.relu(h)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction of ``x`` (a VAE samples its code while training)."""
+        mu, logvar = self.encode(x)
+        z = mu
+        if self.variational and self.training:
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self.decode(z)
+
+
+def autoencoder_input(images: np.ndarray, input_size: int) -> torch.Tensor:
+    """uint8 (N, H, W) -> float (N, 1, input_size, input_size) in [0, 1] (area-resized)."""
+    images = np.asarray(images)
+    if images.ndim != 3:
+        raise InputError(f"expected grayscale images of shape (N, H, W), got {images.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32) / 255.0).unsqueeze(1)
+    if x.shape[-1] != input_size or x.shape[-2] != input_size:
+        if x.shape[-1] != x.shape[-2]:
+            raise InputError(f"expected square images, got {tuple(x.shape[-2:])}")
+        mode = "area" if x.shape[-1] > input_size else "bilinear"
+        x = F.interpolate(x, size=(input_size, input_size), mode=mode,
+                          **({} if mode == "area" else {"align_corners": False}))
+    return x.clamp_(0.0, 1.0)
+
+
+def build_autoencoder(meta: Mapping[str, Any]) -> ConvAutoencoder:
+    """The autoencoder described by a checkpoint's ``meta["model"]``."""
+    cfg = meta["model"]
+    return ConvAutoencoder(cfg["input_size"], cfg["channels"], cfg["latent_dim"],
+                           cfg.get("in_chans", 1), cfg.get("variational", False))
+
+
+def load_autoencoder(path: str | Path, device: str = "cpu") -> tuple[ConvAutoencoder, dict]:
+    """Load the anomaly detector's ``best.pt`` (``train_autoencoder``) -> (model in eval mode,
+    meta)."""
+    ckpt = load_checkpoint(path, kind="autoencoder")
+    meta = ckpt["meta"]
+    model = build_autoencoder(meta)
+    model.load_state_dict(ckpt["model"])
+    return model.to(resolve_device(device)).eval(), meta

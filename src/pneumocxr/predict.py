@@ -269,12 +269,13 @@ def _load_knn(path: Path, binary: Component, arch: str):
 
 def _load_anomaly(results: Path, models: Path, prepared: Path | None,
                   data_source: str | None) -> AnomalyPart:
-    from . import anomaly as an
+    from .anomaly.scores import create_score
+    from .models import load_autoencoder
 
     path = models / "autoencoder" / "best.pt"
     metrics_path = results / "anomaly" / "metrics.json"
     try:
-        model, meta = an.load_autoencoder(path, "cpu")
+        model, meta = load_autoencoder(path, "cpu")
     except (FileNotFoundError, ValueError) as err:
         raise ModelDirError(str(err)) from None
     if not metrics_path.is_file():
@@ -298,7 +299,7 @@ def _load_anomaly(results: Path, models: Path, prepared: Path | None,
         raise ModelDirError(f"{path}: trained on {meta['data_source']!r} data but the classifier "
                             f"on {data_source!r}; use the models of one run")
     try:
-        scorer = an.create_score(**score_params)
+        scorer = create_score(**score_params)
     except (TypeError, ValueError) as err:
         raise ModelDirError(f"{metrics_path}: score {score_params} ({err})") from None
     if scorer.needs_fit:
@@ -530,10 +531,11 @@ def _predict_batch(pred: Predictor, batch: list[_Decoded], rows: list[Prediction
 
     scores = None
     if pred.anomaly is not None:
-        from .anomaly import compute_scores, to_tensor
+        from .anomaly.scores import compute_scores
+        from .models import autoencoder_input
 
         a = pred.anomaly
-        xa = to_tensor(_crops(grays, a.preprocess, a.clahe), int(a.meta["model"]["input_size"]))
+        xa = autoencoder_input(_crops(grays, a.preprocess, a.clahe), int(a.meta["model"]["input_size"]))
         scores = compute_scores(a.scorer, a.model, xa, batch_size=max(1, len(batch)))
 
     for j, d in enumerate(batch):

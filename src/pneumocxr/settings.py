@@ -173,6 +173,22 @@ class KnnSettings(Section):
 # ----------------------------------------------------------------------------- anomaly
 
 
+ANOMALY_SECTIONS = ("model", "train", "score", "evaluate")
+
+
+def anomaly_sections(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``anomaly`` params given to a stage (each stage reads its own sections of them);
+    any other name is a typo, refused."""
+    from .errors import InputError
+
+    params = dict(params or {})
+    unknown = sorted(set(params) - set(ANOMALY_SECTIONS))
+    if unknown:
+        raise InputError(f"anomaly.{unknown[0]}: unknown section; allowed: "
+                         f"{', '.join(ANOMALY_SECTIONS)}")
+    return params
+
+
 @dataclass(frozen=True)
 class AutoencoderSettings(Section):
     """``anomaly.model``: the convolutional autoencoder's shape."""

@@ -43,9 +43,9 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from . import __version__
-from .checkpoint import (ResumeCache, atomic_save, file_sha256, load_checkpoint, params_key,
-                         rng_state, save_checkpoint, set_rng_state)
+from .checkpoint import ResumeCache, file_sha256, load_checkpoint, params_key, save_checkpoint
 from .codedeps import code_fingerprint, module_closure
+from .fitloop import Trainable, cpu_state, run_epochs
 from .data.arrays import preprocess_meta
 from .datasets import (Augment, ArrayDataset, balanced_sample_weights, check_task, epoch_indices,
                        iterate_batches, load_task_split, to_float)
@@ -207,10 +207,6 @@ def library_versions() -> dict[str, str]:
             "numpy": np.__version__, "scikit-learn": sklearn.__version__}
 
 
-def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-
-
 def write_history(rows: list[dict[str, float]], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,7 +294,6 @@ def fit(
         "code": code_fingerprint(module_closure(__name__)),
     }
     cache = ResumeCache(f"train/{task}/{arch}", params_key(key_parts), root=resume_root)
-    best_file = cache.dir / "best_model.pt"
 
     set_determinism(seed)
     model = create_model(arch, len(class_names), in_chans=1, weights=weights).to(dev)
@@ -315,30 +310,13 @@ def fit(
     sample_weights = balanced_sample_weights(train.labels) if p.balanced_sampler else None
     scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
 
-    history: list[dict[str, float]] = []
-    best = {"epoch": 0, "score": None, "metrics": None}
-    start = 1
-    state = cache.load() if resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler") is not None:
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        generator.set_state(state["generator"])
-        history, best, start = state["history"], state["best"], state["epoch"] + 1
-        log.info("resuming %s/%s from %s after epoch %d of %d", task, arch, cache.dir,
-                 state["epoch"], p.epochs)
-    else:
-        log.info("training %s/%s: %d train / %d val images, %dx%d px, %s, %s, resume cache %s",
-                 task, arch, len(train), len(val), input_size, input_size, precision,
-                 weights, cache.dir)
+    parts = Trainable(model, optimizer, generator, scheduler, scaler)
+    log.info("training %s/%s: %d train / %d val images, %dx%d px, %s, %s, resume cache %s",
+             task, arch, len(train), len(val), input_size, input_size, precision, weights,
+             cache.dir)
+    speed: dict[int, float] = {}
 
-    seconds = 0.0
-    for epoch in range(start, p.epochs + 1):
-        t0 = time.perf_counter()
+    def run_epoch(epoch: int) -> tuple[dict[str, float], tuple[float, ...], dict[str, float]]:
         lr = optimizer.param_groups[0]["lr"]
         tr = train_one_epoch(
             model, train, criterion, optimizer, normalization=normalization,
@@ -352,35 +330,25 @@ def fit(
                                 batch_size=p.eval_batch_size, input_size=input_size,
                                 precision=precision, channels_last=p.channels_last)
         vm = val_metrics(logits, val.labels, criterion)
+        speed[epoch] = tr["images_per_s"]
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
                "val_loss": vm["loss"], "val_accuracy": vm["accuracy"], "val_auroc": vm["auroc"],
                "lr": lr}
-        history.append(row)
-        score = _selection_score(p.select, vm)
-        if best["score"] is None or score > tuple(best["score"]):
-            best = {"epoch": epoch, "score": list(score), "metrics": vm}
-            atomic_save({"epoch": epoch, "model": _cpu_state(model)}, best_file)
-        cache.save({
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "rng": rng_state(), "generator": generator.get_state(), "best": best,
-            "history": history, "key": key_parts,
-        })
-        took = time.perf_counter() - t0
-        seconds += took
+        return row, _selection_score(p.select, vm), vm
+
+    def log_epoch(epoch: int, row: dict[str, float], best: bool, took: float) -> None:
         log.info("%s/%s epoch %d/%d: train loss %.4f acc %.3f | val loss %.4f acc %.3f auroc "
                  "%.4f | lr %.2e | %.0f s, %.1f img/s%s", task, arch, epoch, p.epochs,
-                 tr["loss"], tr["accuracy"], vm["loss"], vm["accuracy"], vm["auroc"], lr,
-                 took, tr["images_per_s"], " *" if best["epoch"] == epoch else "")
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
+                 row["train_loss"], row["train_accuracy"], row["val_loss"],
+                 row["val_accuracy"], row["val_auroc"], row["lr"], took, speed[epoch],
+                 " *" if best else "")
 
-    saved = torch.load(best_file, map_location="cpu", weights_only=False)
-    if saved["epoch"] != best["epoch"]:
-        raise RunError(f"{best_file}: holds epoch {saved['epoch']} but the resume state says "
-                       f"the best epoch is {best['epoch']}; delete {cache.dir} and rerun")
-    model.load_state_dict(saved["model"])
+    res = run_epochs(parts, epochs=p.epochs, run_epoch=run_epoch, cache=cache, resume=resume,
+                     key=key_parts, label=f"{task}/{arch}", log_epoch=log_epoch,
+                     on_epoch_end=on_epoch_end)
+    history, best = res.history, {"epoch": res.best_epoch, "metrics": res.best_info}
+    seconds = res.seconds
+    model.load_state_dict(res.best_state)
     if val_predictions_path is not None:
         logits = predict_logits(model, val, normalization=normalization,
                                 batch_size=p.eval_batch_size, input_size=input_size,
@@ -398,7 +366,7 @@ def fit(
         "data_fingerprint": key_parts["data"], "n_train": len(train), "n_val": len(val),
         "preprocess": dict(preprocess) if preprocess else None,
     }
-    save_checkpoint(model_path, _cpu_state(model), meta, kind="classifier")
+    save_checkpoint(model_path, cpu_state(model), meta, kind="classifier")
     write_history(history, history_path)
     log.info("%s/%s: best epoch %d (val %s) -> %s", task, arch, best["epoch"],
              {k: round(v, 4) for k, v in best["metrics"].items()}, model_path)

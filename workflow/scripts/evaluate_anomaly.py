@@ -10,7 +10,7 @@ Outputs: metrics=results/anomaly/metrics.json          (DVC metric)
 Params:  anomaly (score, evaluate), seed, device
 """
 
-from pneumocxr.anomaly import run_anomaly_evaluation
+from pneumocxr.anomaly.evaluate import run_anomaly_evaluation
 from pneumocxr.stage import stage_io
 
 io = stage_io(globals())

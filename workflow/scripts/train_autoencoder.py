@@ -8,7 +8,7 @@ Resume:  .cache/resume/anomaly/autoencoder/<key>/ (PNEUMOCXR_RESUME_DIR moves it
          the same command after an interruption continues from the last finished epoch.
 """
 
-from pneumocxr.anomaly import run_autoencoder_training
+from pneumocxr.anomaly.train import run_autoencoder_training
 from pneumocxr.stage import stage_io
 
 io = stage_io(globals())
