@@ -399,3 +399,51 @@ def test_evaluation_refuses_a_score_block_the_trained_model_lacks(tmp_path):
             params={"score": {"method": "feature_error", "level": 2},
                     "evaluate": params["evaluate"]}, device="cpu")
     assert not (tmp_path / "m.json").exists()
+
+
+def test_acquisition_jitter_is_seeded_bounded_and_off_by_default():
+    from pneumocxr.anomaly.train import acquisition_jitter
+    from pneumocxr.settings import AcquisitionJitter
+
+    off = AcquisitionJitter.from_params()
+    assert not off.active
+    on = AcquisitionJitter.from_params({"contrast": 0.3, "gamma": 0.3, "zoom": 0.1,
+                                        "aspect": 0.1, "noise": 0.05})
+    x = torch.rand(4, 1, 32, 32)
+    a = acquisition_jitter(x, on, torch.Generator().manual_seed(3))
+    b = acquisition_jitter(x, on, torch.Generator().manual_seed(3))
+    c = acquisition_jitter(x, on, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    only_contrast = AcquisitionJitter.from_params({"contrast": 0.5})
+    y = acquisition_jitter(x, only_contrast, torch.Generator().manual_seed(0))
+    # contrast around each image's mean keeps the mean (before clipping, here inside [0, 1])
+    assert torch.allclose(y.mean(dim=(1, 2, 3)), x.mean(dim=(1, 2, 3)), atol=0.05)
+
+
+def test_jittered_training_resumes_bitwise(tmp_path):
+    processed = _write_prepared(tmp_path / "processed")
+    params = _params(train={"epochs": 3, "augment": {"contrast": 0.2, "zoom": 0.1,
+                                                     "noise": 0.02}})
+    full = ae_train.run_autoencoder_training(processed, tmp_path / "a/best.pt",
+                                             tmp_path / "a/history.csv", params=params, seed=1,
+                                             device="cpu", resume_root=tmp_path / "ca")
+
+    def stop(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ae_train.run_autoencoder_training(processed, tmp_path / "b/best.pt",
+                                          tmp_path / "b/history.csv", params=params, seed=1,
+                                          device="cpu", resume_root=tmp_path / "cb",
+                                          on_epoch_end=stop)
+    resumed = ae_train.run_autoencoder_training(processed, tmp_path / "b/best.pt",
+                                                tmp_path / "b/history.csv", params=params,
+                                                seed=1, device="cpu",
+                                                resume_root=tmp_path / "cb")
+    assert full["best_epoch"] == resumed["best_epoch"]
+    a = load_checkpoint(tmp_path / "a/best.pt")["model"]
+    b = load_checkpoint(tmp_path / "b/best.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a/history.csv").read_bytes() == (tmp_path / "b/history.csv").read_bytes()

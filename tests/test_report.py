@@ -293,7 +293,7 @@ def test_summary_stage_is_in_dvc_yaml_and_make_writes_the_html_report(repo_root)
     assert set(stage["outs"]) == {"results/summary.md", "results/MODEL_CARD.md"}
     assert "results/classify/binary/resnet18/predictions.csv" in stage["deps"]
     # exactly the keys the summary reads (a change to another evaluate key reruns nothing)
-    assert stage["params"] == ["evaluate.n_boot", "seed"]
+    assert stage["params"] == ["evaluate.n_boot", "report", "seed"]
     if shutil.which("make") is None:
         pytest.skip("make not installed")
     for target in ("demo", "run"):

@@ -390,6 +390,11 @@ def _classifier(task: str, arch: str, files: Mapping[str, str], *, n_boot: int |
     if "explain" in files:
         e = _read_json(files["explain"], f"{task} {arch} explain metrics")
         out["shortcut"] = _shortcut(e)
+        sel = (e.get("lung_share") or {}).get("selected") or {}
+        out["lung_enrichment"] = {
+            method: {c: v.get("enrichment", {}).get("mean")
+                     for c, v in (sel.get(method) or {}).get("template", {}).get("base", {}).items()}
+            for method in ("occlusion", "gradcam") if method in sel}
     if "embed" in files:
         e = _read_json(files["embed"], f"{task} {arch} embedding metrics")
         sel = e.get("selection", {})
@@ -455,8 +460,8 @@ def _external(sets_path: str) -> dict[str, Any]:
     return out
 
 
-def build_summary(inputs: Mapping[str, str], *, seed: int = 0, n_boot: int | None = None
-                  ) -> dict[str, Any]:
+def build_summary(inputs: Mapping[str, str], *, seed: int = 0, n_boot: int | None = None,
+                  test_label: str = "test split") -> dict[str, Any]:
     """The summary dict (written as summary.json) from the named stage outputs.
 
     ``n_boot`` replicates for the re-weighted CIs (default: each classifier's own ``n_boot``;
@@ -489,6 +494,7 @@ def build_summary(inputs: Mapping[str, str], *, seed: int = 0, n_boot: int | Non
     return {
         "synthetic": synthetic,
         "notice": SYNTHETIC_NOTICE if synthetic else None,
+        "test_label": test_label,
         "pneumocxr_version": __version__,
         "data_sources": sorted(sources),
         "data": data,
@@ -608,7 +614,8 @@ def render_summary_md(summary: Mapping[str, Any]) -> str:
     else:
         lines += [f"# Run summary: {data['source']} data at `{data['root']}`"]
     lines += ["",
-              "Headline metrics of this run on its `test` split with 95% confidence intervals "
+              f"Headline metrics of this run on its `test` split ({summary['test_label']}) with "
+              "95% confidence intervals "
               "(percentile bootstrap over patients), next to the published numbers. All "
               f"published numbers are on the {STUDY_TEST_SET['name']} "
               f"({STUDY_TEST_SET['n_images']} images, {_prev(STUDY_PREVALENCE)} pneumonia). "
@@ -731,7 +738,7 @@ def external_md(summary: Mapping[str, Any]) -> list[str]:
                          f"{_prev(ext[n]['data']['prevalence'])} pneumonia, "
                          f"{ext[n]['data']['n_excluded_in_train']} excluded as training images, "
                          f"{ext[n]['data']['n_rejected']} rejected" for n in names) + ".", ""]
-    head = ["metric", "test split"] + [f"`{n}`" for n in names]
+    head = ["metric", summary.get("test_label", "test split")] + [f"`{n}`" for n in names]
     for key, run in summary["classifiers"].items():
         lines += [f"### {run['task']} {run['arch']}", "",
                   "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
@@ -859,6 +866,26 @@ def _limits(summary: Mapping[str, Any]) -> list[str]:
                "re-evaluated on test; a drop whose CI excludes 0 means the border matters: "
                "burnt-in text and markers, or anatomy near the edge for wide bands): "
                + ("; ".join(probes) if probes else "not run") + ".")
+    g = summary.get("geometry") or {}
+    if g.get("available"):
+        out.append("**The acquisition shortcut.** The original image size alone predicts the "
+                   f"class: a logistic regression on width, height and aspect ratio reaches "
+                   f"AUROC {fmt_ci(g['test']['auroc'], 'frac')} on the test images with known "
+                   f"sizes ({fmt_ci(g['train_cv']['auroc'], 'frac')} in patient-grouped CV on "
+                   "train); pneumonia originals are smaller and wider. A squashed copy keeps "
+                   "that geometry in its pixels, so part of what any model here scores may be "
+                   "the acquisition, not the lungs.")
+    enr = []
+    for r in summary["classifiers"].values():
+        for method, by_class in (r.get("lung_enrichment") or {}).items():
+            enr.append(f"{r['task']} {r['arch']} {method}: " + ", ".join(
+                f"{c} {fmt(v, 'frac')}" for c, v in by_class.items()))
+    if enr:
+        out.append("**Where the models look.** Share of attribution inside the lung fields "
+                   "divided by the fields' share of the image (1 = no more than a uniform map; "
+                   "explain stage, template mask): " + "; ".join(enr) + ". The lung mask is a "
+                   "heuristic (Otsu on the CLAHE image), never checked against reference masks, "
+                   "and it drops opacified lung, so these shares are indicative only.")
     out.append("**Labels.** Image-level labels from the data set's folders (and file names for "
                "the bacterial/viral subtype); no radiologist re-read here, no lesion location.")
     return out
@@ -923,7 +950,7 @@ def render_model_card(summary: Mapping[str, Any]) -> str:
               f"prevalence {_prev(data['prevalence'].get('test'))}. The published numbers are on "
               f"the {STUDY_TEST_SET['name']} ({_prev(STUDY_PREVALENCE)} pneumonia); "
               "prevalence-dependent metrics are also re-weighted to that share.", "",
-              "## Headline metrics (test, 95% CI)", ""]
+              f"## Headline metrics ({summary.get('test_label', 'test split')}, 95% CI)", ""]
     for r in runs:
         lines += [f"### {_title(r)}", "", _provenance(r, data), ""]
         lines += _metric_table(r["task"], r)
@@ -964,14 +991,14 @@ def render_model_card(summary: Mapping[str, Any]) -> str:
 
 
 def write_report(inputs: Mapping[str, str], outputs: Mapping[str, str], *, seed: int = 0,
-                 n_boot: int | None = None) -> dict[str, Any]:
+                 n_boot: int | None = None, test_label: str = "test split") -> dict[str, Any]:
     """The ``summary`` stage: ``outputs`` keys ``summary`` (JSON), ``markdown`` (summary.md),
     ``model_card`` (MODEL_CARD.md); each optional, an unknown key is a ValueError."""
     known = {"summary", "markdown", "model_card"}
     unknown = set(outputs) - known
     if unknown:
         raise InputError(f"unknown summary outputs {sorted(unknown)}; known: {sorted(known)}")
-    summary = jsonable(build_summary(inputs, seed=seed, n_boot=n_boot))
+    summary = jsonable(build_summary(inputs, seed=seed, n_boot=n_boot, test_label=test_label))
     texts = {"summary": json.dumps(summary, indent=2) + "\n",
              "markdown": render_summary_md(summary),
              "model_card": render_model_card(summary)}

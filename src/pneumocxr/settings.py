@@ -201,6 +201,22 @@ class AutoencoderSettings(Section):
 
 
 @dataclass(frozen=True)
+class AcquisitionJitter(Section):
+    """``anomaly.train.augment``: acquisition jitter of the autoencoder's training images."""
+
+    SECTION: ClassVar[str] = "anomaly.train.augment"
+    contrast: float
+    gamma: float
+    zoom: float
+    aspect: float
+    noise: float
+
+    @property
+    def active(self) -> bool:
+        return any(v > 0 for v in (self.contrast, self.gamma, self.zoom, self.aspect, self.noise))
+
+
+@dataclass(frozen=True)
 class AutoencoderTrainSettings(Section):
     SECTION: ClassVar[str] = "anomaly.train"
     variant: str
@@ -209,6 +225,7 @@ class AutoencoderTrainSettings(Section):
     lr: float
     weight_decay: float
     kl_weight: float
+    augment: AcquisitionJitter
 
 
 @dataclass(frozen=True)

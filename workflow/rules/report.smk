@@ -27,6 +27,7 @@ rule summary:
         mem_mb=2000,
     params:
         evaluate=section("evaluate", "n_boot"),
+        report=config["report"],
         seed=config["seed"],
     script:
         "../scripts/summary.py"

@@ -8,7 +8,7 @@ Inputs:  data=results/data/summary.json  processed=data/processed (split manifes
 Outputs: summary=results/summary.json   (DVC metric)
          markdown=results/summary.md
          model_card=results/MODEL_CARD.md
-Params:  evaluate (n_boot: replicates of the re-weighted CIs), seed
+Params:  evaluate (n_boot: replicates of the re-weighted CIs), report (test_label), seed
 """
 
 from pneumocxr.report import write_report
@@ -17,4 +17,5 @@ from pneumocxr.stage import stage_io
 io = stage_io(globals())
 with io.logging():
     write_report(io.input, io.output, seed=io.params["seed"],
-                 n_boot=int(io.params["evaluate"]["n_boot"]))
+                 n_boot=int(io.params["evaluate"]["n_boot"]),
+                 test_label=io.params["report"]["test_label"])

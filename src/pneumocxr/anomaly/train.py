@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -26,7 +27,8 @@ from ..data.arrays import SplitData, load_split, preprocess_meta
 from ..errors import InputError
 from ..fitloop import Trainable, run_epochs
 from ..models import ConvAutoencoder, autoencoder_input
-from ..settings import AutoencoderSettings, AutoencoderTrainSettings, anomaly_sections
+from ..settings import (AcquisitionJitter, AutoencoderSettings, AutoencoderTrainSettings,
+                        anomaly_sections)
 from ..utils import resolve_device, set_determinism
 
 log = logging.getLogger(__name__)
@@ -42,12 +44,41 @@ def _batches(n: int, batch_size: int, generator: torch.Generator | None) -> list
     return list(order.split(batch_size))
 
 
+def acquisition_jitter(x: torch.Tensor, jitter: AcquisitionJitter,
+                       generator: torch.Generator) -> torch.Tensor:
+    """Each image of ``x`` (B, 1, H, W) in [0, 1] under its own acquisition: contrast around
+    its mean, gamma, zoom and aspect (one affine resampling, border pixels repeated), Gaussian
+    noise. Every draw comes from ``generator`` (its state is in the resume state)."""
+    n = len(x)
+    u = torch.rand(n, 6, generator=generator, dtype=torch.float64) * 2 - 1
+    if jitter.contrast > 0:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        c = (1 + jitter.contrast * u[:, 0]).float().view(n, 1, 1, 1)
+        x = (x - mean) * c + mean
+    if jitter.gamma > 0:
+        g = torch.exp(math.log1p(jitter.gamma) * u[:, 1]).float().view(n, 1, 1, 1)
+        x = x.clamp(0, 1) ** g
+    if jitter.zoom > 0 or jitter.aspect > 0:
+        z = 1 + jitter.zoom * u[:, 2]
+        a = 1 + jitter.aspect * u[:, 3]
+        theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+        theta[:, 0, 0], theta[:, 1, 1] = 1 / (z * a), 1 / (z / a)
+        grid = F.affine_grid(theta.float(), list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if jitter.noise > 0:
+        sigma = (jitter.noise * (u[:, 4] + 1) / 2).float().view(n, 1, 1, 1)
+        x = x + sigma * torch.randn(x.shape, generator=generator)
+    return x.clamp(0, 1)
+
+
 def train_one_epoch(model: ConvAutoencoder, x: torch.Tensor, optimizer: torch.optim.Optimizer,
                     batch_size: int, generator: torch.Generator, kl_weight: float = 0.0,
-                    ) -> float:
+                    jitter: AcquisitionJitter | None = None) -> float:
     """One pass over ``x`` in shuffled mini-batches; returns the mean training loss.
 
-    Loss: mean squared error per pixel, plus ``kl_weight`` * KL / pixels for a VAE.
+    Loss: mean squared error per pixel, plus ``kl_weight`` * KL / pixels for a VAE. With an
+    active ``jitter`` each batch is first drawn under other acquisitions
+    (:func:`acquisition_jitter`) and the model reconstructs what it is shown.
     """
     model.train()
     device = next(model.parameters()).device
@@ -55,7 +86,10 @@ def train_one_epoch(model: ConvAutoencoder, x: torch.Tensor, optimizer: torch.op
     for idx in _batches(len(x), batch_size, generator):
         if len(idx) < 2:  # BatchNorm needs two samples; the remainder is dropped this epoch
             continue
-        xb = x[idx].to(device)
+        xb = x[idx]
+        if jitter is not None and jitter.active:
+            xb = acquisition_jitter(xb, jitter, generator)
+        xb = xb.to(device)
         mu, logvar = model.encode(xb)
         z = mu
         if model.variational:
@@ -99,6 +133,7 @@ def fit_autoencoder(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     kl_weight: float = 1.0,
+    jitter: AcquisitionJitter | None = None,
     seed: int = 0,
     cache: ResumeCache | None = None,
     key: Mapping[str, Any] | None = None,
@@ -126,7 +161,8 @@ def fit_autoencoder(
     generator = torch.Generator().manual_seed(seed)
 
     def run_epoch(epoch: int) -> tuple[dict[str, float], tuple[float], float]:
-        train_loss = train_one_epoch(model, train_x, optimizer, batch_size, generator, kl_weight)
+        train_loss = train_one_epoch(model, train_x, optimizer, batch_size, generator, kl_weight,
+                                     jitter)
         val_loss = evaluate_loss(model, val_x) if val_x is not None and len(val_x) else train_loss
         return {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss}, (-val_loss,), \
             val_loss
@@ -226,6 +262,7 @@ def run_autoencoder_training(
              " (VAE)" if m.variational else "", cache.dir)
     res = fit_autoencoder(model, x, xv, epochs=t.epochs, batch_size=t.batch_size,
                           lr=t.lr, weight_decay=t.weight_decay, kl_weight=t.kl_weight,
+                          jitter=t.augment,
                           seed=seed, cache=cache, key=key_parts, progress=progress,
                           on_epoch_end=on_epoch_end)
     meta = {
