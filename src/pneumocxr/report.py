@@ -769,7 +769,8 @@ def external_md(summary: Mapping[str, Any]) -> list[str]:
         a = summary.get("anomaly") or {}
         if a:
             am = a["metrics"]
-            lines.append(f"| test split | {fmt_ci(am.get('auroc'), 'frac')} | "
+            lines.append(f"| {summary.get('test_label', 'test split')} | "
+                         f"{fmt_ci(am.get('auroc'), 'frac')} | "
                          f"{fmt_ci(am.get('sensitivity'), 'frac')} | "
                          f"{fmt_ci(am.get('specificity'), 'frac')} |")
         for n, am in a_rows:
@@ -811,7 +812,8 @@ def geometry_md(summary: Mapping[str, Any]) -> list[str]:
               f"{single['aspect']['pneumonia_is']}) and the area {single['area']['auroc']:.3f} "
               f"(pneumonia {single['area']['pneumonia_is']}): a model can score well by reading "
               "the acquisition, and a resized copy keeps the geometry in its pixels.", "",
-              "| model | AUROC on the test split (95% CI) |", "| --- | --- |",
+              f"| model | AUROC on the {summary.get('test_label', 'test split')} (95% CI) |",
+              "| --- | --- |",
               f"| geometry only, patient-grouped CV on train | {fmt_ci(g['train_cv']['auroc'], 'frac')} |",
               f"| geometry only, fitted on train | {fmt_ci(g['test']['auroc'], 'frac')} |"]
     for run in summary["classifiers"].values():
