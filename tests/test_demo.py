@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import runpy
+import shlex
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -216,6 +217,17 @@ def test_demo_is_learnable_but_not_trivial_and_subtypes_overlap(tmp_path):
 # --- the pipeline script, DVC route -----------------------------------------------------------
 
 
+def _dvc_params(stage: str) -> list[str]:
+    """The ``--params`` keys of ``stage``'s command in dvc.yaml (the keys the stage reads)."""
+    dvc = yaml.safe_load((Path(__file__).parents[1] / "dvc.yaml").read_text())
+    tokens = shlex.split(dvc["stages"][stage]["cmd"])
+    keys = tokens[tokens.index("--params") + 1:]
+    return keys[:next((i for i, t in enumerate(keys) if t.startswith("--")), len(keys))]
+
+
+DVC_DEMO_PARAMS = _dvc_params("make_demo")
+
+
 def test_make_demo_script_writes_the_set_through_the_dvc_route(repo_root, tmp_path):
     params = yaml.safe_load((repo_root / "params.yaml").read_text())
     params["demo"] = dict(SMALL, seed=7)
@@ -223,7 +235,7 @@ def test_make_demo_script_writes_the_set_through_the_dvc_route(repo_root, tmp_pa
     params_file.write_text(yaml.safe_dump(params))
     out, log = tmp_path / "demo" / "chest_xray", tmp_path / "logs" / "make_demo.log"
     cmd = [sys.executable, "workflow/scripts/make_demo.py", "--rule", "make_demo",
-           "--output", f"root={out}", "--log", str(log), "--params", "demo",
+           "--output", f"root={out}", "--log", str(log), "--params", *DVC_DEMO_PARAMS,
            "--params-file", str(params_file),
            # as in dvc.yaml: the stage-defining params the command was generated for
            "--dag", *format_structure(dag_structure(load_params(params_file)))]
@@ -242,7 +254,8 @@ def test_make_demo_script_refuses_a_filled_folder_with_one_clear_line(
     (out / "train" / "stale.jpeg").write_bytes(b"stale")
     monkeypatch.chdir(repo_root)
     monkeypatch.setattr(sys, "argv", [
-        "make_demo.py", "--rule", "make_demo", "--output", f"root={out}", "--params", "demo",
+        "make_demo.py", "--rule", "make_demo", "--output", f"root={out}",
+        "--params", *DVC_DEMO_PARAMS,
         "--dag", *format_structure(dag_structure(load_params("params.yaml")))])
     with pytest.raises(SystemExit) as exc:   # the same script, in-process (no second import)
         runpy.run_path("workflow/scripts/make_demo.py", run_name="__main__")

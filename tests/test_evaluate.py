@@ -25,7 +25,7 @@ from pneumocxr.datasets import load_task_split
 from pneumocxr.evaluate import evaluate_checkpoint, run_evaluation, split_metrics
 from pneumocxr.logits import probabilities
 from pneumocxr.metrics import binary_rates, bootstrap_ci, bootstrap_cis, youden_threshold
-from pneumocxr.settings import TrainSettings
+from pneumocxr.settings import CalibrateSettings, TrainSettings
 from pneumocxr.stage import format_structure
 from pneumocxr.train import fit
 from pneumocxr.utils import write_json
@@ -242,7 +242,9 @@ def test_calibration_json_records_its_fit_and_a_file_of_another_format_is_refuse
     processed, paths = trained
     cal = load_calibration(paths["three_class"] / "calibration.json")
     assert cal["format"] == CALIBRATION_FORMAT and cal["temperature"] > 0
-    assert cal["operating_threshold"]["rule"] == "youden"
+    # no params: the schema's default rule, the one params.yaml ships
+    shipped = load_params(Path(__file__).parents[1] / "params.yaml")["calibrate"]["rule"]
+    assert cal["operating_threshold"]["rule"] == CalibrateSettings.from_params(None).rule == shipped
     assert cal["fitted_on"]["split"] == "val"
     assert cal["fitted_on"]["n_images"] == sum(TINY["val"].values())
     assert cal["fitted_on"]["class_counts"] == TINY["val"]
@@ -308,7 +310,8 @@ def test_train_and_evaluate_scripts_run_through_the_dvc_command_line(tmp_path):
                     "--output", f"calibration={calibration}",
                     "--log", str(tmp_path / "calibrate.log"), "--params", "calibrate", *common],
                    cwd=REPO, env=env, check=True, capture_output=True)
-    assert load_calibration(calibration)["operating_threshold"]["rule"] == "youden"
+    rule = load_calibration(calibration)["operating_threshold"]["rule"]
+    assert rule == params["calibrate"]["rule"]
     metrics = tmp_path / "results" / "metrics.json"
     subprocess.run([sys.executable, "workflow/scripts/evaluate.py", "--rule", "evaluate_binary",
                     *binary, "--input", f"model={model}", f"calibration={calibration}",

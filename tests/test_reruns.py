@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -43,7 +42,8 @@ EXT = "evaluate_external@demo_site"
 CLASSIFIERS = both("train", "calibrate", "evaluate", "embed", "tsne_knn", "explain") | {
     "compare_models", "summary", EXT}
 ALL = CLASSIFIERS | SITE | {"check_params", "make_demo", "prepare", "train_autoencoder",
-                            "evaluate_anomaly", "make_demo_site", "list_external"}
+                            "evaluate_anomaly", "make_demo_site", "list_external",
+                            "geometry_baseline"}
 
 
 def smk_planned(out: str) -> set[str]:
@@ -112,7 +112,8 @@ TABLE = [
     ("progress (display only)", set_param("progress", True), {"check_params"}, set()),
     ("seed", set_param("seed", 7),
      both("train", "evaluate", "tsne_knn", "explain") | {
-         "check_params", "train_autoencoder", "evaluate_anomaly", "summary", EXT},
+         "check_params", "train_autoencoder", "evaluate_anomaly", "geometry_baseline", "summary",
+         EXT},
      ALL - {"make_demo", "prepare", "make_demo_site", "list_external",
             "prepare_external@demo_site"}),
     ("data.split_seed", set_param("data.split_seed", 3), {"check_params", "prepare"},
@@ -129,8 +130,10 @@ TABLE = [
      {"check_params"} | both("calibrate"),
      {"check_params", "compare_models", "summary", EXT} | both("calibrate", "evaluate")),
     ("evaluate.n_boot", set_param("evaluate.n_boot", 100),
-     {"check_params", "summary", EXT} | both("evaluate"),
-     {"check_params", "summary", "compare_models", EXT} | both("evaluate")),
+     {"check_params", "geometry_baseline", "summary", EXT} | both("evaluate"),
+     {"check_params", "geometry_baseline", "summary", "compare_models", EXT} | both("evaluate")),
+    ("geometry.folds", set_param("geometry.folds", 4), {"check_params", "geometry_baseline"},
+     {"check_params", "geometry_baseline", "summary"}),
     ("embed.tsne.perplexity", set_param("embed.tsne.perplexity", 10),
      {"check_params"} | both("tsne_knn"), {"check_params", "summary", EXT} | both("tsne_knn")),
     ("anomaly.train.epochs", set_param("anomaly.train.epochs", 3),
