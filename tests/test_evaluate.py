@@ -281,6 +281,37 @@ def test_compare_models_labels_bars_with_size_and_weights(trained, tmp_path):
         compare_models([tmp_path / "nope.json"], tmp_path / "x.png")
 
 
+def _metrics_file(path: Path, arch: str, test_auroc: float, val_auroc: tuple) -> Path:
+    """A hand-made metrics.json with the keys the comparison reads."""
+    ci = lambda v: {"value": v, "ci_low": v - 0.02, "ci_high": min(v + 0.02, 1.0)}  # noqa: E731
+    split = {"accuracy": ci(0.8), "auroc": ci(test_auroc),
+             "at_operating": {"sensitivity": ci(0.9), "specificity": ci(0.7)}}
+    write_json({"task": "binary", "arch": arch, "input_size": 64, "weights": "none",
+                "data_source": "kermany", "test": split,
+                "val": {"auroc": dict(zip(("value", "ci_low", "ci_high"), val_auroc))}}, path)
+    return path
+
+
+def test_compare_models_marks_a_model_at_chance_on_val_and_ranks_only_the_others(tmp_path):
+    files = [_metrics_file(tmp_path / "a.json", "resnet18", 0.95, (0.97, 0.95, 0.99)),
+             _metrics_file(tmp_path / "b.json", "vgg16", 0.97, (0.52, 0.45, 0.60)),
+             _metrics_file(tmp_path / "c.json", "alexnet", 0.96, (0.90, 0.85, 0.94))]
+    table = compare_models(files, tmp_path / "cmp.png", tmp_path / "cmp.csv")
+    by = table[table["metric"] == "auroc"].set_index("arch")
+    # vgg16 has the best test AUROC, but its val AUROC CI reaches chance: marked, not ranked
+    assert by["converged"].to_dict() == {"resnet18": True, "vgg16": False, "alexnet": True}
+    assert by.loc["alexnet", "rank"] == 1 and by.loc["resnet18", "rank"] == 2
+    assert pd.isna(by.loc["vgg16", "rank"])
+    assert (tmp_path / "cmp.png").stat().st_size > 0
+    saved = pd.read_csv(tmp_path / "cmp.csv")
+    assert {"val_auroc", "converged", "rank"} <= set(saved.columns)
+    bad = json.loads((tmp_path / "a.json").read_text())
+    del bad["val"]
+    write_json(bad, tmp_path / "noval.json")
+    with pytest.raises(ValueError, match=r"noval\.json: no 'val' section"):
+        compare_models([tmp_path / "noval.json"], tmp_path / "x.png")
+
+
 @pytest.mark.slow
 def test_train_and_evaluate_scripts_run_through_the_dvc_command_line(tmp_path):
     processed = write_processed(tmp_path / "processed", TINY)

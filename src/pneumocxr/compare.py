@@ -1,7 +1,9 @@
 """The model comparison (the study's Figure 3): architectures side by side with their CIs.
 
 Reads the evaluate stage's ``metrics.json`` of every task and architecture; each bar names its
-input size and starting weights, so a reduced-size comparison is labelled as such.
+input size and starting weights, so a reduced-size comparison is labelled as such. A model
+whose val AUROC cannot be told from chance (its 95% patient-bootstrap CI reaches 0.5) did not
+converge: its bars are hatched and marked, and it is not ranked.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from .errors import InputError, MissingInputError
 
 
 COMPARE_METRICS = ("accuracy", "auroc", "sensitivity", "specificity")
+#: the AUROC of a score that knows nothing about the label
+CHANCE_AUROC = 0.5
 
 
 def _weights_label(weights: str | None) -> str:
@@ -31,7 +35,9 @@ def comparison_table(metrics_paths: Sequence[str | Path], split: str = "test") -
 
     ``sensitivity``/``specificity`` are normal vs pneumonia at the operating threshold (folded
     for the 3-class task). ``model`` labels each bar with the input size and weights, so a
-    reduced-size comparison is visibly labelled as such.
+    reduced-size comparison is visibly labelled as such. ``val_auroc`` (with its CI) decides
+    ``converged``: the CI's lower end above chance. ``rank`` orders the converged models of a
+    task by ``split`` AUROC (1 = best); a model that did not converge has none.
     """
     rows = []
     for path in metrics_paths:
@@ -39,9 +45,11 @@ def comparison_table(metrics_paths: Sequence[str | Path], split: str = "test") -
         if not path.is_file():
             raise MissingInputError(f"{path}: metrics file missing; run the evaluate stage first")
         m = json.loads(path.read_text())
-        if split not in m:
-            raise InputError(f"{path}: no {split!r} section; rerun evaluate")
-        s = m[split]
+        for needed in dict.fromkeys((split, "val")):
+            if needed not in m:
+                raise InputError(f"{path}: no {needed!r} section; rerun evaluate")
+        s, val_auroc = m[split], m["val"]["auroc"]
+        converged = bool(val_auroc["ci_low"] > CHANCE_AUROC)
         label = f"{m['arch']} ({m['input_size']} px, {_weights_label(m.get('weights'))})"
         values = {"accuracy": s["accuracy"], "auroc": s["auroc"],
                   "sensitivity": s["at_operating"]["sensitivity"],
@@ -51,10 +59,19 @@ def comparison_table(metrics_paths: Sequence[str | Path], split: str = "test") -
             rows.append({"task": m["task"], "arch": m["arch"], "model": label, "metric": metric,
                          "value": v["value"], "ci_low": v["ci_low"], "ci_high": v["ci_high"],
                          "input_size": m["input_size"], "weights": m.get("weights"),
-                         "data_source": m.get("data_source", "unknown"), "split": split})
+                         "data_source": m.get("data_source", "unknown"), "split": split,
+                         "val_auroc": val_auroc["value"],
+                         "val_auroc_ci_low": val_auroc["ci_low"],
+                         "val_auroc_ci_high": val_auroc["ci_high"], "converged": converged})
     if not rows:
         raise InputError("no metrics files to compare")
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    auroc = table[(table["metric"] == "auroc") & table["converged"]]
+    ranks = auroc.groupby("task")["value"].rank(ascending=False, method="min")
+    rank_of = {(t, m): int(r) for t, m, r in zip(auroc["task"], auroc["model"], ranks)}
+    table["rank"] = [rank_of.get((t, m)) for t, m in zip(table["task"], table["model"])]
+    table["rank"] = table["rank"].astype("Int64")
+    return table
 
 
 def compare_models(metrics_paths: Sequence[str | Path], figure_path: str | Path,

@@ -155,11 +155,14 @@ def comparison_figure(table: pd.DataFrame, text: str, data_source: str) -> plt.F
     """Grouped bars with 95% CI whiskers: one panel per task, one bar group per metric.
 
     ``table`` columns: ``task, model, metric, value, ci_low, ci_high`` (``model`` is the bar
-    label, e.g. ``resnet18 (128 px, weights none)``).
+    label, e.g. ``resnet18 (128 px, weights none)``); optional ``converged`` (hatched bars
+    marked "did not converge" where False) and ``rank`` (in the legend).
     """
     tasks = list(dict.fromkeys(table["task"]))
     archs = list(dict.fromkeys(table["arch"])) if "arch" in table else []
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.6), squeeze=False)
+    n_models = max(table.groupby("task")["model"].nunique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.2 + 0.22 * n_models),
+                             squeeze=False)
     for ax, task in zip(axes[0], tasks):
         sub = table[table["task"] == task]
         metrics = list(dict.fromkeys(sub["metric"]))
@@ -173,14 +176,22 @@ def comparison_figure(table: pd.DataFrame, text: str, data_source: str) -> plt.F
                              rows["ci_high"].to_numpy(dtype=float) - v])
             arch = rows["arch"].iloc[0] if "arch" in rows else None
             color = f"C{archs.index(arch) % 10}" if arch in archs else None
-            ax.bar(x, v, width=width, label=model, yerr=np.nan_to_num(err), capsize=3,
-                   color=color)
+            converged = bool(rows["converged"].iloc[0]) if "converged" in rows else True
+            label = model
+            if not converged:
+                label += ": did not converge (val AUROC CI reaches 0.5), not ranked"
+            elif "rank" in rows and not pd.isna(rows["rank"].iloc[0]):
+                label += f": rank {int(rows['rank'].iloc[0])} by AUROC"
+            ax.bar(x, v, width=width, label=label, yerr=np.nan_to_num(err), capsize=3,
+                   color=color, hatch=None if converged else "//",
+                   alpha=1.0 if converged else 0.45,
+                   edgecolor=None if converged else "black")
         ax.set_xticks(range(len(metrics)), [_METRIC_LABELS.get(m, m) for m in metrics])
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("value (95% CI, patient bootstrap)")
         ax.set_title(f"task: {task}")
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16),
-                  ncol=min(len(models), 2), frameon=False)
+                  ncol=1, frameon=False)
     fig.suptitle(title(text, data_source))
     fig.tight_layout()
     return fig
