@@ -61,3 +61,38 @@ def test_classify_accuracy_keeps_the_old_3class_flag_spellings_as_aliases():
     assert both.tasks == ["binary", "three_class"]
     with pytest.raises(SystemExit):
         ap.parse_args(["--tasks", "four_class", "--out", "o.json"])
+
+
+
+def _run(variant: str, seed: int, auroc: float, accuracy: float) -> dict:
+    keys = ("val_auroc", "val_accuracy", "proxy_auroc", "proxy_accuracy", "proxy_specificity",
+            "test_auroc", "test_accuracy")
+    return {"variant": variant, "seed": seed,
+            "figures": {k: auroc if "auroc" in k else accuracy for k in keys}}
+
+
+def test_recipe_ablation_pairs_runs_by_seed_and_applies_the_precision_criteria(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))          # the script imports bench/_common.py
+    compare_to = _load("recipe_ablation").compare_to
+    close = compare_to([_run("fp32", 1, 0.990, 0.93), _run("base", 1, 0.992, 0.93),
+                        _run("fp32", 2, 0.985, 0.92), _run("base", 2, 0.981, 0.91),
+                        _run("fp32", 3, 0.97, 0.90)], "fp32")      # seed 3: no base twin
+    assert close["seeds_paired"] == [1, 2]
+    assert close["test_auroc"]["deltas"] == [-0.002, 0.004]
+    assert close["test_auroc"]["mean_delta"] == 0.001
+    assert close["test_auroc"]["reference_spread"] == 0.011
+    assert close["within_tolerance"] and close["within_seed_spread"]
+    assert close["selection_score_delta"] == 0.001
+    far = compare_to([_run("no_hflip", 1, 0.95, 0.90), _run("base", 1, 0.99, 0.93),
+                      _run("no_hflip", 2, 0.95, 0.90), _run("base", 2, 0.98, 0.92)], "no_hflip")
+    assert far["test_auroc"]["mean_delta"] == -0.035
+    assert not far["within_tolerance"] and not far["within_seed_spread"]
+
+
+def test_recipe_ablation_refuses_a_missing_data_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    with pytest.raises(SystemExit) as exc:
+        _load("recipe_ablation").main(["--root", str(tmp_path / "nope"),
+                                       "--out", str(tmp_path / "o.json")])
+    assert exc.value.code == 2 and "nope: no such folder" in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
