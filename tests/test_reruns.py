@@ -132,6 +132,8 @@ TABLE = [
     ("evaluate.n_boot", set_param("evaluate.n_boot", 100),
      {"check_params", "geometry_baseline", "summary", EXT} | both("evaluate"),
      {"check_params", "geometry_baseline", "summary", "compare_models", EXT} | both("evaluate")),
+    ("report.test_label", set_param("report.test_label", "dev test"),
+     {"check_params", "compare_models", "summary"}, {"check_params", "compare_models", "summary"}),
     ("geometry.folds", set_param("geometry.folds", 4), {"check_params", "geometry_baseline"},
      {"check_params", "geometry_baseline", "summary"}),
     ("embed.tsne.perplexity", set_param("embed.tsne.perplexity", 10),

@@ -75,13 +75,19 @@ def comparison_table(metrics_paths: Sequence[str | Path], split: str = "test") -
 
 
 def compare_models(metrics_paths: Sequence[str | Path], figure_path: str | Path,
-                   table_path: str | Path | None = None, split: str = "test") -> pd.DataFrame:
-    """The model-comparison chart (the study's Figure 3) and its table across architectures."""
+                   table_path: str | Path | None = None, split: str = "test",
+                   split_label: str | None = None) -> pd.DataFrame:
+    """The model-comparison chart (the study's Figure 3) and its table across architectures.
+
+    ``split_label`` says what ``split`` is in the title (params ``report.test_label``: e.g. an
+    in-distribution dev test rather than the official test).
+    """
     from .plots import classify as plots
 
     table = comparison_table(metrics_paths, split)
     sources = sorted(set(table["data_source"]))
-    fig = plots.comparison_figure(table, f"Model comparison on {split} (95% CI)",
+    name = f"{split} ({split_label})" if split_label else split
+    fig = plots.comparison_figure(table, f"Model comparison on {name}, 95% CI",
                                   sources[0] if len(sources) == 1 else "+".join(sources))
     plots.save(fig, figure_path)
     if table_path is not None:

@@ -171,5 +171,7 @@ rule compare_models:
     threads: 1
     resources:
         mem_mb=1000,
+    params:
+        report=section("report", "test_label"),
     script:
         "../scripts/compare_models.py"

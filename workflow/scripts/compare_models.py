@@ -4,7 +4,7 @@ Inputs:  any number of metrics JSONs, e.g. binary_resnet18=results/classify/bina
          metrics.json (names are free; every input is compared)
 Outputs: figure=results/classify/model_comparison.png
          table=results/classify/model_comparison.csv
-Params:  none
+Params:  report (test_label: what the test split is, in the title)
 """
 
 from pneumocxr.compare import compare_models
@@ -12,4 +12,5 @@ from pneumocxr.stage import stage_io
 
 io = stage_io(globals())
 with io.logging():
-    compare_models(list(io.input.values()), io.output["figure"], io.output.get("table"))
+    compare_models(list(io.input.values()), io.output["figure"], io.output.get("table"),
+                   split_label=io.params["report"]["test_label"])
