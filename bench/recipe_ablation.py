@@ -1,7 +1,7 @@
 """Binary-recipe ablations on the real data, scored on val, the synthetic-shift proxy and the
 in-distribution dev test, paired by training seed against the shipped recipe.
 
-Each variant is the params.yaml binary recipe (ResNet-18 from scratch) with a few train keys
+Each variant is the params.yaml binary recipe (``--arch``, from scratch) with a few train keys
 overridden; every variant trains once per ``--seeds`` on one prepared copy of the shared
 Kermany data (the patient split is fixed: ``data.split_seed`` of params.yaml). Each model is
 scored at argmax (after the val temperature) on val, on the proxy of ``operating_point.py``
@@ -15,6 +15,8 @@ classifier issue is applied as well: |mean delta AUROC| <= 0.005 and |mean delta
 
     python bench/recipe_ablation.py --seeds 1 2 3 --epochs 6 \
         --out bench/results/recipe_ablation_64px.json
+    python bench/recipe_ablation.py --arch alexnet --variants base lr_2e-4 --seeds 1 \
+        --epochs 4 --out bench/results/recipe_ablation_alexnet_64px.json
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fp32": {"precision": "fp32"},
     "no_hflip": {"augment": {"hflip": 0.0}},
     "intensity_x2": {"augment": {"brightness": 0.4, "contrast": 0.4}},
+    "lr_2e-4": {"lr": 0.0002},          # for the plain networks (no batch norm) of --arch
 }
 FIGURES = ("val_auroc", "val_accuracy", "proxy_auroc", "proxy_accuracy", "proxy_specificity",
            "test_auroc", "test_accuracy")
@@ -104,8 +107,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--resize", type=int, default=73)
     ap.add_argument("--crop", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=6)
+    ap.add_argument("--arch", choices=["resnet18", "vgg16", "alexnet"], default="resnet18")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", choices=sorted(VARIANTS),
+                    default=["base", "fp32", "no_hflip", "intensity_x2"])
     ap.add_argument("--copies", type=int, default=2, help="proxy copies of each val image")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-boot", type=int, default=200)
@@ -137,17 +142,18 @@ def main(argv: list[str] | None = None) -> dict:
     proxy = proxy_images(val.images, args.copies, proxy_seed)
     y_proxy = np.tile(val.y_binary, args.copies)
     recipe = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
-    recipe.update({"archs": ["resnet18"], "weights": "none", "epochs": args.epochs})
+    recipe.update({"archs": [args.arch], "weights": "none", "epochs": args.epochs})
     runs = []
     for seed in args.seeds:
         for name in args.variants:
             train_params = _merge(recipe, VARIANTS[name])
-            model, res = work / "models" / f"{name}_seed{seed}", work / "results" / f"{name}_{seed}"
+            run_name = f"{args.arch}_{name}_seed{seed}"
+            model, res = work / "models" / run_name, work / "results" / run_name
             t0 = time.perf_counter()
             run_training(processed, {"model": model / "best.pt",
                                      "history": res / "history.csv",
                                      "val_predictions": res / "val_predictions.csv"},
-                         task="binary", arch="resnet18", train_params=train_params, seed=seed,
+                         task="binary", arch=args.arch, train_params=train_params, seed=seed,
                          device="cpu", init="none", resume_root=work / "resume")
             seconds = time.perf_counter() - t0
             cal = run_calibration(res / "val_predictions.csv", model / "calibration.json",
@@ -172,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "figures": {k: round(float(v), 4) for k, v in figures.items()}})
             logging.info("%s seed %d: %s (%.0f s)", name, seed, runs[-1]["figures"], seconds)
     payload = {
-        "what": ("binary ResNet-18 from scratch, recipe variants paired by training seed; "
+        "what": (f"binary {args.arch} from scratch, recipe variants paired by training seed; "
                  "accuracy and specificity at argmax after the val temperature; test_* is the "
                  "in-distribution dev test; the shifted held-out set is not read"),
         "data": {"root": args.root, "resize": args.resize, "crop": args.crop,
