@@ -39,7 +39,7 @@ from sklearn.metrics import roc_auc_score
 from _common import REPO, SHARED, machine, write
 from operating_point import PROXY, proxy_images
 from pneumocxr.calibration import run_calibration
-from pneumocxr.config import complete
+from pneumocxr.config import complete, deep_merge
 from pneumocxr.data.arrays import load_split
 from pneumocxr.data.prepare import prepare
 from pneumocxr.evaluate import run_evaluation
@@ -60,13 +60,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 FIGURES = ("val_auroc", "val_accuracy", "proxy_auroc", "proxy_accuracy", "proxy_specificity",
            "test_auroc", "test_accuracy")
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
 
 
 def _argmax_rates(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -146,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = []
     for seed in args.seeds:
         for name in args.variants:
-            train_params = _merge(recipe, VARIANTS[name])
+            train_params = deep_merge(recipe, VARIANTS[name])
             run_name = f"{args.arch}_{name}_seed{seed}"
             model, res = work / "models" / run_name, work / "results" / run_name
             t0 = time.perf_counter()
