@@ -6,9 +6,13 @@ train images (``--processed``, a prepared real-data folder), fits its score on t
 scored on the val split (in-distribution) and on the proxy: every val image redrawn
 ``--copies`` times under another acquisition (``bench/operating_point.py``'s definition:
 contrast x U(0.75, 1.25), gamma U(0.75, 1.35), noise U(0, 0.03), zoom U(0.92, 1.08), fixed
-before any look at the shifted set). Candidates differ in the acquisition jitter of training
-(``anomaly.train.augment``) and in the score. The criterion, fixed with the candidates: the
-highest mean of val AUROC and proxy AUROC.
+before any look at the shifted set). Proxy A redraws the CLAHE images the autoencoder reads;
+proxy B (added later, also before any look at the new scores on the shifted set) redraws the
+source image and prepares it as ``prepare`` does, as a new acquisition would reach the model
+(CLAHE at the source size, then resize and crop).
+Candidates differ in the model (``--models``: the autoencoder, or its variational variant),
+the acquisition jitter of training (``anomaly.train.augment``) and the score. The criterion,
+fixed with the candidates: the highest mean of val AUROC and proxy-A AUROC.
 
     python bench/anomaly_shift.py --processed data/processed --out bench/results/anomaly_shift.json
 """
@@ -30,6 +34,8 @@ from pneumocxr.anomaly.detect import choose_threshold
 from pneumocxr.anomaly.scores import compute_scores, create_score, fit_score
 from pneumocxr.anomaly.train import run_autoencoder_training
 from pneumocxr.data.arrays import load_split
+from pneumocxr.data.images import read_image
+from pneumocxr.data.preprocess import PreprocessConfig, preprocess, to_uint8
 from pneumocxr.models import autoencoder_input, load_autoencoder
 from pneumocxr.utils import set_determinism, set_threads
 
@@ -37,9 +43,33 @@ JITTER = {"none": {},
           "acquisition": {"contrast": 0.25, "gamma": 0.3, "zoom": 0.08, "noise": 0.03},
           "acquisition+aspect": {"contrast": 0.25, "gamma": 0.3, "zoom": 0.08, "aspect": 0.1,
                                  "noise": 0.03}}
+LUNGS = {"region": "lung_prior", "region_threshold": 0.3}
 SCORES = {"ssim_top2": {"method": "ssim", "aggregation": "topk", "fraction": 0.02},
           "mse_mean": {"method": "mse", "aggregation": "mean"},
-          "patch_mahalanobis": {"method": "patch_mahalanobis", "level": -1}}
+          "patch_mahalanobis": {"method": "patch_mahalanobis", "level": -1},
+          "ssim_lungs": {"method": "ssim", "aggregation": "mean", **LUNGS},
+          "structure_w11": {"method": "structure", "aggregation": "mean", "window": 11,
+                            "sigma": 1.5},
+          "structure_w11_lungs": {"method": "structure", "aggregation": "mean", "window": 11,
+                                  "sigma": 1.5, **LUNGS},
+          "structure_w15_lungs": {"method": "structure", "aggregation": "mean", "window": 15,
+                                  "sigma": 2.5, **LUNGS},
+          "structure_w21_lungs": {"method": "structure", "aggregation": "mean", "window": 21,
+                                  "sigma": 3.5, **LUNGS}}
+MODELS = {"ae": {"variational": False}, "vae": {"variational": True}}
+
+
+def proxy_before_clahe(processed: str, files, copies: int, seed: int) -> np.ndarray:
+    """Proxy B: each source image (the files ``prepare`` read, at their own size) redrawn with
+    the proxy's acquisition (the same draws as proxy A), then prepared as ``prepare`` does
+    (CLAHE at full size, resize, centre crop)."""
+    info = json.loads((Path(processed) / "info.json").read_text())
+    root = Path(info["root"])
+    root = root if root.is_absolute() else REPO / root
+    cfg = PreprocessConfig.from_params({k: info[k] for k in ("resize", "crop", "clahe")})
+    sources = [to_uint8(read_image(root / f, min_side=32).pixels) for f in files]
+    return np.stack([preprocess(im, cfg, clahe=True)
+                     for im in proxy_images(np.stack(sources), copies, seed)])
 
 
 def main() -> int:
@@ -51,7 +81,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--proxy-seed", type=int, default=2026)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--jitter", nargs="+", default=list(JITTER))
+    ap.add_argument("--jitter", nargs="+", default=list(JITTER), choices=list(JITTER))
+    ap.add_argument("--models", nargs="+", default=["ae"], choices=list(MODELS))
+    ap.add_argument("--scores", nargs="+", default=list(SCORES), choices=list(SCORES))
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "anomaly_shift.json"))
     args = ap.parse_args()
     set_threads(args.threads)
@@ -59,45 +91,61 @@ def main() -> int:
     val = clahe["val"]
     y_val = val.y_binary
     proxy = proxy_images(val.images, args.copies, args.proxy_seed)
+    proxy_b = proxy_before_clahe(args.processed, val.meta["file"], args.copies, args.proxy_seed)
     y_proxy = np.tile(y_val, args.copies)
     rows = []
-    for jname in args.jitter:
-        with tempfile.TemporaryDirectory() as tmp:
-            t0 = time.perf_counter()
-            params = {"model": {"input_size": args.input_size},
-                      "train": {"epochs": args.epochs, "augment": JITTER[jname]}}
-            run_autoencoder_training(args.processed, Path(tmp) / "best.pt", Path(tmp) / "h.csv",
-                                     params=params, seed=args.seed, device="cpu",
-                                     resume_root=Path(tmp) / "resume")
-            train_s = time.perf_counter() - t0
-            model, meta = load_autoencoder(Path(tmp) / "best.pt")
+    for mname in args.models:
+        for jname in args.jitter:
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                params = {"model": {"input_size": args.input_size, **MODELS[mname]},
+                          "train": {"epochs": args.epochs, "augment": JITTER[jname]}}
+                run_autoencoder_training(args.processed, Path(tmp) / "best.pt",
+                                         Path(tmp) / "h.csv", params=params, seed=args.seed,
+                                         device="cpu", resume_root=Path(tmp) / "resume")
+                train_s = time.perf_counter() - t0
+                model, meta = load_autoencoder(Path(tmp) / "best.pt")
             size = int(meta["model"]["input_size"])
             normals = autoencoder_input(np.asarray(clahe["train"].images[
                 clahe["train"].y_binary == 0]), size)
             xv, xp = autoencoder_input(np.asarray(val.images), size), autoencoder_input(proxy, size)
-            for sname, sparams in SCORES.items():
+            xb = autoencoder_input(proxy_b, size)
+            for sname in args.scores:
+                sparams = SCORES[sname]
                 set_determinism(args.seed)
+                t1 = time.perf_counter()
                 scorer = fit_score(create_score(**sparams), model, normals, 64)
                 sv = compute_scores(scorer, model, xv, 64)
+                score_s = time.perf_counter() - t1
                 sp = compute_scores(scorer, model, xp, 64)
+                sb = compute_scores(scorer, model, xb, 64)
                 thr = choose_threshold(y_val, sv)["value"]
-                pred = sp >= thr
-                row = {"jitter": jname, "jitter_params": JITTER[jname], "score": sname,
+                row = {"model": mname, "jitter": jname, "jitter_params": JITTER[jname],
+                       "score": sname, "score_params": sparams,
                        "val_auroc": float(roc_auc_score(y_val, sv)),
                        "proxy_auroc": float(roc_auc_score(y_proxy, sp)),
-                       "proxy_sensitivity_at_val_eer": float(pred[y_proxy == 1].mean()),
-                       "proxy_specificity_at_val_eer": float((~pred[y_proxy == 0]).mean()),
-                       "train_seconds": round(train_s, 1), "best_epoch": meta["best_epoch"]}
+                       "proxy_b_auroc": float(roc_auc_score(y_proxy, sb))}
+                for key, s_ in (("proxy", sp), ("proxy_b", sb)):
+                    pred = s_ >= thr
+                    row[f"{key}_sensitivity_at_val_eer"] = float(pred[y_proxy == 1].mean())
+                    row[f"{key}_specificity_at_val_eer"] = float((~pred[y_proxy == 0]).mean())
+                row.update({"train_seconds": round(train_s, 1),
+                            "fit_and_score_val_seconds": round(score_s, 2),
+                            "best_epoch": meta["best_epoch"]})
                 row["criterion"] = (row["val_auroc"] + row["proxy_auroc"]) / 2
                 rows.append(row)
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v)
-                                  for k, v in row.items() if k != "jitter_params"}))
+                                  for k, v in row.items()
+                                  if k not in ("jitter_params", "score_params")}), flush=True)
     best = max(rows, key=lambda r: r["criterion"])
     write(args.out, {"proxy": {"copies": args.copies, "seed": args.proxy_seed,
-                               "definition": "bench/operating_point.py PROXY"},
-                     "criterion": "highest mean of val AUROC and proxy AUROC",
+                               "definition": "bench/operating_point.py PROXY",
+                               "a": "the redraw applied to the CLAHE images",
+                               "b": "the redraw applied to the plain images, then CLAHE"},
+                     "criterion": "highest mean of val AUROC and proxy-A AUROC",
                      "epochs": args.epochs, "input_size": args.input_size, "rows": rows,
-                     "selected": {"jitter": best["jitter"], "score": best["score"]}})
+                     "selected": {"model": best["model"], "jitter": best["jitter"],
+                                  "score": best["score"]}})
     return 0
 
 

@@ -48,6 +48,12 @@ def figures(metrics: dict) -> dict:
     if a:
         out["anomaly"] = {m: _v(a[m]) for m in ("auroc", "sensitivity", "specificity")}
         out["anomaly"]["score"] = a.get("score")
+        if a.get("baseline"):
+            b = a["baseline"]
+            out["anomaly"]["baseline"] = {"method": b.get("method"),
+                                          **{m: _v(b[m]) for m in ("auroc", "sensitivity",
+                                                                   "specificity",
+                                                                   "auroc_difference")}}
     return out
 
 

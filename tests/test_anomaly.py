@@ -447,3 +447,127 @@ def test_jittered_training_resumes_bitwise(tmp_path):
     b = load_checkpoint(tmp_path / "b/best.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (tmp_path / "a/history.csv").read_bytes() == (tmp_path / "b/history.csv").read_bytes()
+
+
+# ----------------------------------------------------------------------------- structure, region
+
+
+def test_structure_score_ignores_brightness_and_contrast_but_sees_a_pattern_it_cannot_draw():
+    x = torch.rand(1, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    x = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    relit = 0.5 * x + 0.3                       # another exposure of the same anatomy
+    lost = x.clone()
+    lost[..., 8:24, 8:24] = 0.5                 # a region the reconstruction cannot follow
+    structure = create_score("structure", aggregation="mean", window=7, sigma=1.0)
+    ssim, mse = create_score("ssim", aggregation="mean"), create_score("mse")
+    assert float(structure.score(_fwd(x, relit))) == pytest.approx(0.0, abs=2e-3)
+    assert float(ssim.score(_fwd(x, relit))) > 0.05 and float(mse.score(_fwd(x, relit))) > 1e-3
+    assert float(structure.score(_fwd(x, lost))) > 0.02   # a quarter of the image decorrelated
+
+
+def test_region_counts_only_the_pixels_inside_the_fitted_mask():
+    x = torch.zeros(2, 1, 8, 8)
+    recon = x.clone()
+    recon[0, 0, :, :2] = 1.0                  # image 0: error outside the region only
+    recon[1, 0, 3:5, 3:5] = 1.0               # image 1: error inside it (4 of its 16 pixels)
+    region = torch.zeros(8, 8, dtype=torch.bool)
+    region[2:6, 2:6] = True
+    assert aggregate((x - recon) ** 2, "mean", region=region).tolist() == [0.0, 0.25]
+    scorer = create_score("mse", aggregation="mean", region="lung_prior")
+    assert scorer.needs_fit
+    with pytest.raises(RuntimeError, match="fit the lung-field prior"):
+        scorer.score(_fwd(x, recon))
+    scorer.load_state_dict({"region_mask": region})   # what predict does with score_state.pt
+    assert scorer.score(_fwd(x, recon)).tolist() == [0.0, 0.25]
+    with pytest.raises(ValueError, match="fitted on"):
+        scorer.score(_fwd(torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16)))
+    with pytest.raises(ValueError, match="region"):
+        create_score("mse", region="lungs")
+    with pytest.raises(ValueError, match="odd"):
+        create_score("structure", window=8)
+
+
+def _demo_normals(n, size, seed):
+    from pneumocxr.data.demo import render_chest_xray
+    from pneumocxr.data.preprocess import apply_clahe
+
+    return np.stack([apply_clahe(render_chest_xray(size, "normal", np.random.default_rng([seed, i]),
+                                                   np.random.default_rng([seed, i, 1])))
+                     for i in range(n)])
+
+
+def test_lung_prior_of_demo_normals_covers_the_lung_fields_and_not_the_border():
+    from pneumocxr.anomaly.scores import lung_prior
+
+    mask = lung_prior(to_tensor(_demo_normals(12, 64, 3), 64), 0.3).numpy()
+    assert 0.1 < mask.mean() < 0.6
+    assert not mask[:2].any() and not mask[-2:].any()
+    # two lungs: the middle column (mediastinum) is mostly outside
+    assert mask[:, 30:34].mean() < mask.mean()
+    with pytest.raises(ValueError, match="lung-field prior is empty"):
+        bright = torch.ones(3, 1, 64, 64)
+        bright[..., :8] = bright[..., -8:] = 0.0      # dark only in strips beside the 'chest'
+        lung_prior(bright, 0.3)
+
+
+def test_default_detector_ranks_a_synthetic_lesion_above_clean_demo_normals():
+    """The default score (params.yaml) on an autoencoder of demo normals: each held-out normal
+    scores higher with a dense lesion drawn into a lung than without it. Paired, because the
+    spread of the score between demo normals (their noise and nuisances differ) is wider than
+    a single lesion's effect at 64 px."""
+    from pneumocxr.anomaly.scores import compute_scores, fit_score
+    from pneumocxr.config import load_params
+
+    size = 64
+    train = to_tensor(_demo_normals(96, size, 1), size)
+    held = _demo_normals(16, size, 2)
+    lesion = held.astype(np.float32)
+    yy, xx = np.mgrid[:size, :size]
+    for i, img in enumerate(lesion):
+        cx = size * (0.3 if i % 2 else 0.7)
+        blob = np.exp(-(((xx - cx) / 9.0) ** 2 + ((yy - size * 0.55) / 12.0) ** 2))
+        lesion[i] = np.clip(img + 150 * blob, 0, 255)
+    torch.manual_seed(0)
+    model = ConvAutoencoder(input_size=size, channels=[16, 32, 64], latent_dim=64)
+    fit_autoencoder(model, train, epochs=30, batch_size=16, lr=3e-3, seed=0)
+    score = load_params("params.yaml")["anomaly"]["score"]
+    assert score["method"] == "structure" and score["region"] == "lung_prior"
+    scorer = fit_score(create_score(**score), model, train)
+    s_clean = compute_scores(scorer, model, to_tensor(held, size))
+    s_lesion = compute_scores(scorer, model, to_tensor(lesion.astype(np.uint8), size))
+    assert (s_lesion > s_clean).mean() >= 15 / 16
+    # a lesion outside the lung fields does not count
+    outside = held.astype(np.float32)
+    for i, img in enumerate(outside):
+        blob = np.exp(-(((xx - size * 0.5) / 5.0) ** 2 + ((yy - 3) / 3.0) ** 2))
+        outside[i] = np.clip(img + 150 * blob, 0, 255)
+    s_out = compute_scores(scorer, model, to_tensor(outside.astype(np.uint8), size))
+    assert np.abs(s_out - s_clean).mean() < 0.2 * np.abs(s_lesion - s_clean).mean()
+
+
+def test_evaluation_reports_the_study_baseline_beside_the_score(tmp_path):
+    processed = _write_prepared(tmp_path / "processed")
+    params = _params(score={"method": "ssim", "aggregation": "mean"},
+                     evaluate={"baseline": "mse"})
+    ae_train.run_autoencoder_training(processed, tmp_path / "best.pt", tmp_path / "history.csv",
+                                     params=params, seed=0, device="cpu",
+                                     resume_root=tmp_path / "cache")
+    outputs = {"metrics": tmp_path / "metrics.json", "scores": tmp_path / "scores.csv",
+               "score_state": tmp_path / "score_state.pt"}
+    metrics = ae_eval.run_anomaly_evaluation(tmp_path / "best.pt", processed, outputs,
+                                             params=params, seed=0, device="cpu")
+    b = metrics["baseline"]["test"]
+    assert b["method"] == "mse" and {"auroc", "sensitivity", "specificity"} <= set(b)
+    scores = pd.read_csv(outputs["scores"])
+    test = scores[scores["split"] == "test"]
+    y = (test["label"] == "PNEUMONIA").to_numpy()
+    from sklearn.metrics import roc_auc_score
+    d = roc_auc_score(y, test["score"]) - roc_auc_score(y, test["baseline_score"])
+    assert b["auroc_difference"]["value"] == pytest.approx(d)
+    assert b["auroc"]["value"] == pytest.approx(roc_auc_score(y, test["baseline_score"]))
+    det = detect.load_detector(tmp_path / "best.pt", outputs["score_state"])
+    assert det.baseline[1] == "mse" and det.baseline[2] == pytest.approx(b["threshold"])
+    off = _params(score={"method": "ssim", "aggregation": "mean"}, evaluate={"baseline": None})
+    assert ae_eval.run_anomaly_evaluation(tmp_path / "best.pt", processed,
+                                          {"metrics": tmp_path / "m2.json"}, params=off,
+                                          seed=0, device="cpu")["baseline"] is None

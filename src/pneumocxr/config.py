@@ -215,13 +215,21 @@ def _check_cross_field(params: Mapping[str, Any]) -> None:
         _need({"val", "test"} <= set(ev["splits"]),
               f"evaluate.splits must include val and test, got {ev['splits']}")
     model = (params.get("anomaly") or {}).get("model") or {}
+    score = (params.get("anomaly") or {}).get("score") or {}
+    if "window" in score:
+        _need(score["window"] % 2 == 1,
+              f"anomaly.score.window must be odd (a window centred on its pixel), got "
+              f"{score['window']}")
+        if "input_size" in model:
+            _need(score["window"] // 2 < model["input_size"],
+                  f"anomaly.score.window ({score['window']}) is too large for "
+                  f"anomaly.model.input_size ({model['input_size']})")
     if "channels" in model and "input_size" in model:
         depth = len(model["channels"])
         _need(model["input_size"] % 2 ** depth == 0,
               f"anomaly.model.input_size ({model['input_size']}) must be divisible by "
               f"2**len(anomaly.model.channels) = {2 ** depth}; pick a multiple of {2 ** depth} "
               "or fewer encoder blocks")
-        score = (params.get("anomaly") or {}).get("score") or {}
         for lv in [score.get("level", -1), *(score.get("levels") or [])]:
             _need(-depth <= lv < depth,
                   f"anomaly.score: encoder block {lv} does not exist; anomaly.model.channels "

@@ -262,6 +262,14 @@ def _anomaly(model_path: str, state_path: str, data_dir: Path, *, n_boot: int, s
                                for s in sorted(set(sub))}
     m["score"] = det.score_params
     m["threshold"] = det.threshold
+    if det.baseline is not None:
+        from .anomaly.detect import versus_baseline
+
+        scorer_b, method, base_threshold = det.baseline
+        base = compute_scores(scorer_b, det.model, x, batch_size)
+        m["baseline"] = versus_baseline(y, scores, base, base_threshold, data.patients,
+                                        method=method, prevalence=float(y.mean()),
+                                        n_boot=n_boot, seed=seed)
     return m, scores
 
 

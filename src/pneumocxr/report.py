@@ -440,9 +440,29 @@ def _anomaly(metrics_path: str, scores_path: str, model_path: str | None, *, n_b
                       "test_specificity": metrics["specificity"]["value"]},
         "sources": {"metrics": metrics_path, "scores": scores_path},
     }
+    base = _baseline(m.get("baseline") and m["baseline"].get("test"))
+    if base:
+        out["baseline"] = base
     if model_path is not None:
         out["checkpoint"] = {"path": model_path, "sha256": file_sha256(model_path)}
     return out
+
+
+def _baseline(node: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The study's detector row (``anomaly.evaluate.baseline``) of an anomaly evaluation."""
+    if not node:
+        return None
+    return {"method": node.get("method"),
+            **{k: _ci(node.get(k)) for k in ("auroc", "sensitivity", "specificity",
+                                             "auroc_difference")}}
+
+
+def _baseline_sentence(b: Mapping[str, Any]) -> str:
+    return (f"The study's detector on the same autoencoder ({b['method']}, image mean, its own "
+            f"EER threshold on `val`): AUROC {fmt_ci(b['auroc'], 'frac')}, sensitivity "
+            f"{fmt_ci(b['sensitivity'], 'frac')}, specificity {fmt_ci(b['specificity'], 'frac')}; "
+            f"the score's AUROC minus its: {fmt_diff(b['auroc_difference'])} (paired patient "
+            "bootstrap).")
 
 
 def _external(sets_path: str) -> dict[str, Any]:
@@ -543,6 +563,15 @@ def fmt_published(value: float | None, scale: str) -> str:
         decimals = max(len(repr(value).split(".")[-1]) - 2, 0)
         return f"{100 * value:.{decimals}f}%"
     return f"{value:.3f}"
+
+
+def fmt_diff(node: Mapping[str, Any] | None) -> str:
+    """A signed difference of two AUROCs with its CI: ``+0.120 [+0.070, +0.170]``."""
+    if not node or node.get("value") is None:
+        return "n/a"
+    lo, hi = node.get("ci_low"), node.get("ci_high")
+    ci = "CI n/a" if lo is None or hi is None else f"{lo:+.3f}, {hi:+.3f}"
+    return f"{node['value']:+.3f} [{ci}]"
 
 
 def fmt_points(node: Mapping[str, Any] | None) -> str:
@@ -647,6 +676,8 @@ def render_summary_md(summary: Mapping[str, Any]) -> str:
             lines += ["", f"Threshold {th['value']:.4g} ({th['rule']} on `val`: false positive "
                           f"rate {fmt(th.get('val_fpr'), 'frac')}, false negative rate "
                           f"{fmt(th.get('val_fnr'), 'frac')})."]
+        if a.get("baseline"):
+            lines += ["", _baseline_sentence(a["baseline"])]
         lines.append("")
     lines += external_md(summary)
     lines += geometry_md(summary)
@@ -764,20 +795,24 @@ def external_md(summary: Mapping[str, Any]) -> list[str]:
         lines.append("")
     a_rows = [(n, ext[n]["metrics"].get("anomaly")) for n in names]
     if any(a for _, a in a_rows):
-        lines += ["### Anomaly detector", "", "| set | AUROC | sensitivity | specificity |",
-                  "| --- | --- | --- | --- |"]
+        lines += ["### Anomaly detector", "", "| set | AUROC | sensitivity | specificity "
+                  "| the study's detector: AUROC | AUROC minus the study's (paired) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         a = summary.get("anomaly") or {}
+
+        def row(name: str, am: Mapping[str, Any], base: Mapping[str, Any] | None) -> str:
+            base = base or {}
+            return (f"| {name} | {fmt_ci(am.get('auroc'), 'frac')} | "
+                    f"{fmt_ci(am.get('sensitivity'), 'frac')} | "
+                    f"{fmt_ci(am.get('specificity'), 'frac')} | "
+                    f"{fmt_ci(base.get('auroc'), 'frac')} | {fmt_diff(base.get('auroc_difference'))} |")
+
         if a:
-            am = a["metrics"]
-            lines.append(f"| {summary.get('test_label', 'test split')} | "
-                         f"{fmt_ci(am.get('auroc'), 'frac')} | "
-                         f"{fmt_ci(am.get('sensitivity'), 'frac')} | "
-                         f"{fmt_ci(am.get('specificity'), 'frac')} |")
+            lines.append(row(summary.get("test_label", "test split"), a["metrics"],
+                             a.get("baseline")))
         for n, am in a_rows:
             if am:
-                lines.append(f"| `{n}` | {fmt_ci(am.get('auroc'), 'frac')} | "
-                             f"{fmt_ci(am.get('sensitivity'), 'frac')} | "
-                             f"{fmt_ci(am.get('specificity'), 'frac')} |")
+                lines.append(row(f"`{n}`", am, _baseline(am.get("baseline"))))
         lines.append("")
     lines += ["### Shortcut probe and lung-field share", "",
               "| set | model | accuracy drop with the border blanked (band: drop) | Grad-CAM "

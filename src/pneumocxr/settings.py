@@ -239,6 +239,10 @@ class ScoreSettings(Section):
     level: int
     k: int
     levels: tuple[int, ...] | None
+    window: int
+    sigma: float
+    region: str
+    region_threshold: float
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,7 @@ class AnomalyEvaluateSettings(Section):
     prevalence: float
     n_examples: int
     batch_size: int
+    baseline: str | None
 
 
 # ----------------------------------------------------------------------------- explain

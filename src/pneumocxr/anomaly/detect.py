@@ -12,7 +12,8 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ..errors import InputError, MissingInputError
-from ..metrics import binary_rates, bootstrap_cis, eer_threshold, reweight_to_prevalence
+from ..metrics import (auroc, binary_rates, bootstrap_ci, bootstrap_cis, eer_threshold,
+                       reweight_to_prevalence)
 from ..models import ConvAutoencoder, load_autoencoder
 from .scores import AnomalyScore, create_score
 
@@ -76,6 +77,26 @@ def anomaly_metrics(y_true: np.ndarray, score: np.ndarray, threshold: float,
             **cis, **{k: counts[k] for k in ("tp", "fp", "tn", "fn")}}
 
 
+def baseline_score(method: str) -> AnomalyScore:
+    """The study's detector as a score: the reconstruction error ``method`` averaged over the
+    whole image (``anomaly.evaluate.baseline``)."""
+    return create_score(method, aggregation="mean", region="image")
+
+
+def versus_baseline(y_true: np.ndarray, score: np.ndarray, base: np.ndarray,
+                    base_threshold: float, patients: np.ndarray | None, *, method: str,
+                    prevalence: float, n_boot: int, seed: int) -> dict[str, Any]:
+    """The baseline's metrics at its own val threshold, and the paired AUROC difference
+    (score minus baseline, the same patient-bootstrap replicates for both)."""
+    y_true = np.asarray(y_true).astype(int)
+    diff = bootstrap_ci(lambda y, a, b: auroc(y, a) - auroc(y, b), [y_true, score, base],
+                        groups=patients, n_boot=n_boot, seed=seed)
+    return {"method": method, "aggregation": "image mean",
+            **anomaly_metrics(y_true, base, base_threshold, patients, prevalence=prevalence,
+                              n_boot=n_boot, seed=seed),
+            "threshold": float(base_threshold), "auroc_difference": diff}
+
+
 # --------------------------------------------------------------------------------------------
 # Stages
 # --------------------------------------------------------------------------------------------
@@ -91,6 +112,8 @@ class Detector:
     scorer: AnomalyScore
     threshold: float
     score_params: dict[str, Any]
+    #: the study's row (``anomaly.evaluate.baseline``): its score, method and val threshold
+    baseline: tuple[AnomalyScore, str, float] | None = None
 
 
 def load_detector(model_path: str | Path, state_path: str | Path, device: str = "cpu"
@@ -105,7 +128,11 @@ def load_detector(model_path: str | Path, state_path: str | Path, device: str = 
     scorer = create_score(**state["score"])
     if scorer.needs_fit:
         scorer.load_state_dict(state["state"])
-    return Detector(model, meta, scorer, float(state["threshold"]["value"]), dict(state["score"]))
+    base = state.get("baseline")
+    baseline = None if not base else (baseline_score(base["method"]), base["method"],
+                                      float(base["threshold"]["value"]))
+    return Detector(model, meta, scorer, float(state["threshold"]["value"]), dict(state["score"]),
+                    baseline)
 
 
 def pick_examples(y: np.ndarray, n_per_class: int, seed: int) -> np.ndarray:

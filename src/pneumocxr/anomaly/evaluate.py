@@ -17,7 +17,8 @@ from ..errors import InputError
 from ..models import autoencoder_input, load_autoencoder
 from ..settings import AnomalyEvaluateSettings, ScoreSettings, anomaly_sections
 from ..utils import set_determinism, write_json
-from .detect import anomaly_metrics, choose_threshold, pick_examples
+from .detect import (anomaly_metrics, baseline_score, choose_threshold, pick_examples,
+                     versus_baseline)
 from .scores import compute_scores, create_score, fit_score, forward_batch
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,20 @@ def run_anomaly_evaluation(
         scores[name] = compute_scores(scorer, model, xs[name], e.batch_size, progress)
     y_val, y_test = splits["val"].y_binary, splits["test"].y_binary
     threshold = choose_threshold(y_val, scores["val"], e.eer_tolerance)
+    base = None
+    if e.baseline:
+        # the study's row: its reconstruction error, the image mean, its own val EER threshold
+        scorer_b = baseline_score(e.baseline)
+        base = {name: compute_scores(scorer_b, model, xs[name], e.batch_size, progress)
+                for name in ("val", "test")}
+        base_threshold = choose_threshold(y_val, base["val"], e.eer_tolerance)
     if outputs.get("score_state"):
         # what `pneumocxr predict` needs to score new images the same way: the score's params,
         # its state fitted on the normal training images (empty for reconstruction errors)
-        # and the threshold
-        atomic_save({"score": s.as_dict(), "state": scorer.state_dict(), "threshold": threshold},
+        # and the threshold; and the baseline's, for the external evaluation's study row
+        atomic_save({"score": s.as_dict(), "state": scorer.state_dict(), "threshold": threshold,
+                     "baseline": None if base is None else {"method": e.baseline,
+                                                            "threshold": base_threshold}},
                     outputs["score_state"])
     test = anomaly_metrics(y_test, scores["test"], threshold["value"], splits["test"].patients,
                            prevalence=e.prevalence, n_boot=e.n_boot, seed=seed)
@@ -95,6 +105,11 @@ def run_anomaly_evaluation(
         "val": {"n": int(len(y_val)), "prevalence": float(y_val.mean()), "auroc": val_auroc},
         "test": test,
         "test_flagged_by_subtype": by_subtype,
+        "baseline": None if base is None else {
+            "val_auroc": float(roc_auc_score(y_val, base["val"])),
+            "test": versus_baseline(y_test, scores["test"], base["test"], base_threshold["value"],
+                                    splits["test"].patients, method=e.baseline,
+                                    prevalence=e.prevalence, n_boot=e.n_boot, seed=seed)},
         "note": "score >= threshold flags pneumonia; threshold chosen on val (EER), never on "
                 "test; CIs: 95% percentile bootstrap over patients",
     }
@@ -104,6 +119,13 @@ def run_anomaly_evaluation(
              threshold["value"], threshold["val_fpr"], threshold["val_fnr"], threshold["gap"],
              "met" if threshold["tolerance_met"] else "not met", test["auroc"]["value"],
              test["sensitivity"]["value"], test["specificity"]["value"])
+    if base is not None:
+        b = metrics["baseline"]["test"]
+        log.info("baseline (%s, image mean): test AUROC %.3f sensitivity %.3f specificity %.3f; "
+                 "AUROC difference %+.3f [%+.3f, %+.3f]", e.baseline, b["auroc"]["value"],
+                 b["sensitivity"]["value"], b["specificity"]["value"],
+                 b["auroc_difference"]["value"], b["auroc_difference"]["ci_low"],
+                 b["auroc_difference"]["ci_high"])
 
     if outputs.get("scores"):
         rows = []
@@ -112,7 +134,8 @@ def run_anomaly_evaluation(
             rows.append(pd.DataFrame({
                 "split": name, "index": np.arange(len(d)), "file": d.meta["file"],
                 "patient": d.patients, "label": d.meta["label"], "subtype": d.meta["subtype"],
-                "score": scores[name], "flagged": scores[name] >= threshold["value"]}))
+                "score": scores[name], "flagged": scores[name] >= threshold["value"],
+                **({} if base is None else {"baseline_score": base[name]})}))
         path = Path(outputs["scores"])
         path.parent.mkdir(parents=True, exist_ok=True)
         pd.concat(rows).to_csv(path, index=False, float_format="%.6g")

@@ -1,8 +1,9 @@
 """Anomaly scores: how unlike the normal training images an image is, given the autoencoder.
 
-* pixel errors between an image and its reconstruction (``mse``, ``ssim``, ``gradient``), each
-  aggregated over the image by ``mean``, ``max`` or ``topk`` (the mean of the worst
-  ``fraction`` of pixels);
+* pixel errors between an image and its reconstruction (``mse``, ``ssim``, ``structure``,
+  ``gradient``), each aggregated by ``mean``, ``max`` or ``topk`` (the mean of the worst
+  ``fraction`` of pixels) over the image or over the lung fields of the normal training
+  images (``region: lung_prior``);
 * ``feature_error``: the error in the encoder's feature space;
 * densities fitted on the normal training images: ``latent_mahalanobis`` (a Gaussian over the
   bottleneck codes, Ledoit-Wolf shrinkage), ``latent_knn``, ``feature_stats`` (per-channel
@@ -17,6 +18,7 @@ training of the autoencoder does not import this module: editing a score retrain
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -45,6 +47,18 @@ def _blur_matrix(n: int, window: int, sigma: float) -> torch.Tensor:
     return out.float()
 
 
+def _local_moments(x: torch.Tensor, y: torch.Tensor, window: int, sigma: float):
+    """Gaussian-weighted local means, variances and covariance of two (N, 1, H, W) batches."""
+    bh = _blur_matrix(x.shape[-2], window, sigma).to(x)
+    bw = _blur_matrix(x.shape[-1], window, sigma).to(x).t()
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return bh @ t @ bw
+
+    mx, my = blur(x), blur(y)
+    return mx, my, blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+
+
 def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5,
              data_range: float = 1.0) -> torch.Tensor:
     """Local structural similarity (Wang et al. 2004) of two (N, 1, H, W) batches, per pixel.
@@ -52,18 +66,23 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 
     Gaussian-weighted local means, variances and covariance (reflect padding, so the map has
     the size of the input); C1 = (0.01 L)^2, C2 = (0.03 L)^2 with L the data range.
     """
-    bh = _blur_matrix(x.shape[-2], window, sigma).to(x)
-    bw = _blur_matrix(x.shape[-1], window, sigma).to(x).t()
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return bh @ t @ bw
-
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mx, my = blur(x), blur(y)
-    vx = blur(x * x) - mx ** 2
-    vy = blur(y * y) - my ** 2
-    cxy = blur(x * y) - mx * my
+    mx, my, vx, vy, cxy = _local_moments(x, y, window, sigma)
     return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+
+
+def structure_map(x: torch.Tensor, y: torch.Tensor, window: int = 21, sigma: float = 3.5,
+                  data_range: float = 1.0) -> torch.Tensor:
+    """The structure term of SSIM alone, per pixel: the local correlation of two (N, 1, H, W)
+    batches, (cov + C3) / (sd_x sd_y + C3) with C3 = C2 / 2 (Wang et al. 2004, eq. 9).
+
+    Unlike SSIM it ignores the luminance and contrast terms, so a brighter, darker or flatter
+    acquisition of the same anatomy scores the same, while a region whose pattern the
+    reconstruction does not follow (an opacity the autoencoder of normals cannot draw) does not.
+    """
+    c3 = (0.03 * data_range) ** 2 / 2
+    _, _, vx, vy, cxy = _local_moments(x, y, window, sigma)
+    return (cxy + c3) / (vx.clamp_min(0).sqrt() * vy.clamp_min(0).sqrt() + c3)
 
 
 def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
@@ -81,10 +100,13 @@ def aggregation_label(how: str, fraction: float) -> str:
     return f"image {how}"
 
 
-def aggregate(maps: torch.Tensor, how: str = "mean", fraction: float = 0.01) -> torch.Tensor:
+def aggregate(maps: torch.Tensor, how: str = "mean", fraction: float = 0.01,
+              region: torch.Tensor | None = None) -> torch.Tensor:
     """One number per map: ``mean`` of all locations, ``max``, or ``topk``: the mean of the
-    largest ``fraction`` of locations (at least one)."""
-    flat = maps.flatten(1)
+    largest ``fraction`` of locations (at least one). ``region``: a boolean (H, W) mask; only
+    the locations inside it count."""
+    flat = maps[..., region.to(maps.device)] if region is not None else maps
+    flat = flat.flatten(1)
     if how == "mean":
         return flat.mean(1)
     if how == "max":
@@ -222,41 +244,112 @@ class AnomalyScore:
         pass
 
 
+REGIONS = ("image", "lung_prior")
+
+
+def lung_prior(images: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Where the lungs of aligned normal chest X-rays lie: the pixels that the lung-field
+    heuristic (:func:`pneumocxr.explain.lungmask.lung_mask`, its default sizes) puts inside
+    the lungs in more than ``threshold`` of the (N, 1, H, W) images in [0, 1].
+
+    One fixed mask for every image, fitted on normal training images only, so a test image's
+    own opacities cannot shrink the region that is scored (a per-image mask would cut a dense
+    consolidation out of the lung field it sits in).
+    """
+    from ..explain.lungmask import lung_mask
+
+    if len(images) == 0:
+        raise InputError("the lung-field prior needs normal training images to fit")
+    u8 = (images[:, 0].cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    share = np.mean([lung_mask(im) for im in u8], axis=0)
+    mask = torch.from_numpy(share > threshold)
+    if not mask.any():
+        raise InputError(f"the lung-field prior is empty: no pixel is inside the lung mask of "
+                         f"more than {threshold:g} of the {len(u8)} normal training images; "
+                         "lower anomaly.score.region_threshold or check the images")
+    return mask
+
+
 class ReconstructionError(AnomalyScore):
-    """Pixel-space reconstruction error, aggregated over the image.
+    """Pixel-space reconstruction error, aggregated over the image or the lung fields.
 
     ``kind``: ``mse`` squared error; ``ssim``: (1 - SSIM) / 2, structural dissimilarity;
+    ``structure``: (1 - structure term of SSIM) / 2, the local decorrelation of input and
+    reconstruction, blind to local brightness and contrast (:func:`structure_map`);
     ``gradient``: absolute difference of Sobel gradient magnitudes (edges lost or invented).
+    ``window`` / ``sigma``: the Gaussian window of ``ssim`` and ``structure``. ``region``:
+    ``image`` (every pixel) or ``lung_prior``: only the pixels inside the lung fields of the
+    normal training images (:func:`lung_prior`, fitted), so borders, labels and collimation,
+    which change with the acquisition and not with the disease, do not count.
     """
 
-    def __init__(self, kind: str = "mse", aggregation: str = "mean", fraction: float = 0.01):
-        if kind not in ("mse", "ssim", "gradient"):
-            raise InputError(f"unknown reconstruction error {kind!r}; expected mse, ssim or "
-                             "gradient")
+    def __init__(self, kind: str = "mse", aggregation: str = "mean", fraction: float = 0.01,
+                 window: int = 11, sigma: float = 1.5, region: str = "image",
+                 region_threshold: float = 0.3):
+        if kind not in ("mse", "ssim", "structure", "gradient"):
+            raise InputError(f"unknown reconstruction error {kind!r}; expected mse, ssim, "
+                             "structure or gradient")
+        if region not in REGIONS:
+            raise InputError(f"anomaly.score.region must be one of {list(REGIONS)}, got "
+                             f"{region!r}")
+        if kind in ("ssim", "structure") and (window < 3 or window % 2 == 0 or sigma <= 0):
+            raise InputError(f"anomaly.score: the {kind} window must be an odd number of pixels "
+                             f">= 3 and sigma > 0, got window {window}, sigma {sigma}")
         self.kind, self.aggregation, self.fraction = kind, aggregation, fraction
+        self.window, self.sigma = int(window), float(sigma)
+        self.region, self.region_threshold = region, float(region_threshold)
+        self.region_mask: torch.Tensor | None = None
         self.name = kind
+        self.needs_fit = region != "image"
 
     @property
     def label(self) -> str:
         what = {"mse": "squared error", "ssim": "SSIM dissimilarity",
+                "structure": "SSIM-structure dissimilarity",
                 "gradient": "gradient-map error"}[self.kind]
-        return f"{what} ({aggregation_label(self.aggregation, self.fraction)})"
+        where = ", lung fields" if self.region == "lung_prior" else ""
+        return f"{what} ({aggregation_label(self.aggregation, self.fraction)}{where})"
 
     @property
     def map_label(self) -> str:
         return {"mse": "(input - recon.)^2", "ssim": "(1 - SSIM) / 2",
+                "structure": "(1 - SSIM structure) / 2",
                 "gradient": "|grad input - grad recon.|"}[self.kind]
+
+    def fit(self, forwards: Iterable[Forward]) -> "ReconstructionError":
+        if self.region == "lung_prior":
+            self.region_mask = lung_prior(torch.cat([fw.x.cpu() for fw in forwards]),
+                                          self.region_threshold)
+        return self
 
     def map(self, fwd: Forward) -> torch.Tensor:
         x, r = fwd.x, fwd.recon
         if self.kind == "mse":
             return (x - r) ** 2
         if self.kind == "ssim":
-            return (1.0 - ssim_map(x, r)) / 2.0
+            return (1.0 - ssim_map(x, r, self.window, self.sigma)) / 2.0
+        if self.kind == "structure":
+            return (1.0 - structure_map(x, r, self.window, self.sigma)) / 2.0
         return (sobel_magnitude(x) - sobel_magnitude(r)).abs()
 
     def score(self, fwd: Forward) -> torch.Tensor:
-        return aggregate(self.map(fwd), self.aggregation, self.fraction)
+        region = None
+        if self.region == "lung_prior":
+            if self.region_mask is None:
+                raise RuntimeError(f"{self.name}: fit the lung-field prior before scoring")
+            if tuple(self.region_mask.shape) != tuple(fwd.x.shape[-2:]):
+                raise InputError(f"{self.name}: the lung-field prior was fitted on "
+                                 f"{tuple(self.region_mask.shape)} images, got "
+                                 f"{tuple(fwd.x.shape[-2:])}; score images of the training "
+                                 "input size")
+            region = self.region_mask
+        return aggregate(self.map(fwd), self.aggregation, self.fraction, region)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.region_mask is None else {"region_mask": self.region_mask}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.region_mask = state.get("region_mask")
 
 
 class FeatureError(AnomalyScore):
@@ -448,14 +541,16 @@ class PatchDensity(AnomalyScore):
         self.shape, self.level = state["shape"], state["level"]
 
 
+def _pixel_error(kind: str, aggregation: str = "mean", fraction: float = 0.01, window: int = 11,
+                 sigma: float = 1.5, region: str = "image", region_threshold: float = 0.3,
+                 **_: Any) -> ReconstructionError:
+    return ReconstructionError(kind, aggregation, fraction, window, sigma, region,
+                               region_threshold)
+
+
 #: Score registry: name -> factory taking the ``anomaly.score`` params.
 SCORES: dict[str, Callable[..., AnomalyScore]] = {
-    "mse": lambda aggregation="mean", fraction=0.01, **_: ReconstructionError(
-        "mse", aggregation, fraction),
-    "ssim": lambda aggregation="mean", fraction=0.01, **_: ReconstructionError(
-        "ssim", aggregation, fraction),
-    "gradient": lambda aggregation="mean", fraction=0.01, **_: ReconstructionError(
-        "gradient", aggregation, fraction),
+    **{kind: partial(_pixel_error, kind) for kind in ("mse", "ssim", "structure", "gradient")},
     "feature_error": lambda aggregation="mean", fraction=0.01, **_: FeatureError(
         aggregation, fraction),
     "latent_mahalanobis": lambda **_: LatentDensity("mahalanobis"),
