@@ -9,7 +9,8 @@ previous default and the study's image-mean squared error), all on the pipeline'
 autoencoder (``--model``) and fitted on the normal training images of ``--processed``:
 
 * Spearman correlation, within each class of the dev test (in-distribution), of the score
-  with the original aspect ratio (width / height) and area (``kermany/manifest.csv``);
+  with the original aspect ratio (width / height) and area (``kermany/manifest.csv``, which
+  gives them for the images that have an original);
 * AUROC on the 163 dev-test images that ``kermany/originals`` holds, prepared aspect-kept
   (shorter side resized, centre crop, CLAHE, as ``prepare``) and squashed (the shared copies
   of the same files), with the paired difference (patient bootstrap), and the sensitivity and
@@ -70,8 +71,9 @@ def main() -> int:
     manifest = pd.read_csv(KERMANY / "manifest.csv", dtype={"patient_key": str})
     dims = manifest.drop_duplicates("sha256").set_index("sha256")[["orig_width", "orig_height"]]
     test = splits["test"]
-    geo = dims.loc[test.meta["sha256"]].to_numpy(dtype=float)
+    geo = dims.reindex(test.meta["sha256"]).to_numpy(dtype=float)
     aspect, area = geo[:, 0] / geo[:, 1], geo[:, 0] * geo[:, 1]
+    known = np.isfinite(aspect)      # the manifest gives the original size where it has one
     y_test = test.y_binary
     originals = manifest[(manifest["split"] == "test") & manifest["path_original"].notna()]
     originals = originals.sort_values("path").reset_index(drop=True)
@@ -96,8 +98,9 @@ def main() -> int:
         thr = choose_threshold(splits["val"].y_binary, sv)["value"]
         within = {}
         for c, cname in ((0, "normal"), (1, "pneumonia")):
-            m = y_test == c
-            within[cname] = {"aspect": float(spearmanr(st[m], aspect[m])[0]),
+            m = (y_test == c) & known
+            within[cname] = {"n": int(m.sum()),
+                             "aspect": float(spearmanr(st[m], aspect[m])[0]),
                              "area": float(spearmanr(st[m], area[m])[0])}
         so = {arm: compute_scores(scorer, model, x, 64) for arm, x in arms.items()}
         row = {"params": sp, "label": scorer.label, "dev_test_auroc": auroc(y_test, st),

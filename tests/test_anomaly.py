@@ -571,3 +571,33 @@ def test_evaluation_reports_the_study_baseline_beside_the_score(tmp_path):
     assert ae_eval.run_anomaly_evaluation(tmp_path / "best.pt", processed,
                                           {"metrics": tmp_path / "m2.json"}, params=off,
                                           seed=0, device="cpu")["baseline"] is None
+
+
+def test_stretch_width_widens_or_narrows_the_anatomy_about_the_centre():
+    from pneumocxr.anomaly.scores import stretch_width
+
+    x = torch.zeros(1, 1, 8, 40)
+    x[..., 16:24] = 1.0                       # a bar 8 px wide in the middle
+    assert torch.equal(stretch_width(x, 1.0), x)
+    wide, narrow = stretch_width(x, 1.25), stretch_width(x, 0.8)
+    assert wide.shape == narrow.shape == x.shape
+    assert float((wide[0, 0, 0] > 0.5).sum()) == 10 and float((narrow[0, 0, 0] > 0.5).sum()) < 8
+    assert float(wide[0, 0, 0, 20]) == 1.0 and float(narrow[0, 0, 0, 20]) == 1.0   # centred
+    assert float(narrow[0, 0, 0, 0]) == 0.0   # the edge column is repeated, not a new border
+
+
+def test_stretched_scores_keep_each_images_lowest_score():
+    from pneumocxr.anomaly.scores import compute_scores, stretch_width
+
+    torch.manual_seed(0)
+    model = ConvAutoencoder(**{k: v for k, v in TINY.items() if k != "variational"})
+    x = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(1))
+    plain = create_score("structure", aggregation="mean", window=5, sigma=1.0)
+    multi = create_score("structure", aggregation="mean", window=5, sigma=1.0,
+                         stretches=[0.8, 1.0, 1.25])
+    s1, sm = compute_scores(plain, model, x, 4), compute_scores(multi, model, x, 4)
+    each = [compute_scores(plain, model, stretch_width(x, f), 4) for f in (0.8, 1.0, 1.25)]
+    assert np.allclose(sm, np.min(each, axis=0)) and np.all(sm <= s1 + 1e-12)
+    assert "stretches" in multi.label
+    with pytest.raises(ValueError, match="stretch"):
+        create_score("structure", stretches=[3.0])

@@ -243,6 +243,7 @@ class ScoreSettings(Section):
     sigma: float
     region: str
     region_threshold: float
+    stretches: tuple[float, ...]
 
 
 @dataclass(frozen=True)

@@ -277,7 +277,9 @@ class ReconstructionError(AnomalyScore):
     ``structure``: (1 - structure term of SSIM) / 2, the local decorrelation of input and
     reconstruction, blind to local brightness and contrast (:func:`structure_map`);
     ``gradient``: absolute difference of Sobel gradient magnitudes (edges lost or invented).
-    ``window`` / ``sigma``: the Gaussian window of ``ssim`` and ``structure``. ``region``:
+    ``window`` / ``sigma``: the Gaussian window of ``ssim`` and ``structure``. ``stretches``:
+    horizontal stretch factors; :func:`compute_scores` keeps an image's lowest score over
+    them (``(1.0,)``: the image as it is). ``region``:
     ``image`` (every pixel) or ``lung_prior``: only the pixels inside the lung fields of the
     normal training images (:func:`lung_prior`, fitted), so borders, labels and collimation,
     which change with the acquisition and not with the disease, do not count.
@@ -285,7 +287,7 @@ class ReconstructionError(AnomalyScore):
 
     def __init__(self, kind: str = "mse", aggregation: str = "mean", fraction: float = 0.01,
                  window: int = 11, sigma: float = 1.5, region: str = "image",
-                 region_threshold: float = 0.3):
+                 region_threshold: float = 0.3, stretches: Sequence[float] = (1.0,)):
         if kind not in ("mse", "ssim", "structure", "gradient"):
             raise InputError(f"unknown reconstruction error {kind!r}; expected mse, ssim, "
                              "structure or gradient")
@@ -298,6 +300,10 @@ class ReconstructionError(AnomalyScore):
         self.kind, self.aggregation, self.fraction = kind, aggregation, fraction
         self.window, self.sigma = int(window), float(sigma)
         self.region, self.region_threshold = region, float(region_threshold)
+        self.stretches = tuple(float(f) for f in stretches)
+        if not self.stretches or not all(0.5 <= f <= 2.0 for f in self.stretches):
+            raise InputError(f"anomaly.score.stretches: one or more horizontal stretch factors "
+                             f"in [0.5, 2], got {list(stretches)}")
         self.region_mask: torch.Tensor | None = None
         self.name = kind
         self.needs_fit = region != "image"
@@ -308,6 +314,8 @@ class ReconstructionError(AnomalyScore):
                 "structure": "SSIM-structure dissimilarity",
                 "gradient": "gradient-map error"}[self.kind]
         where = ", lung fields" if self.region == "lung_prior" else ""
+        if self.stretches != (1.0,):
+            where += ", best of " + "/".join(f"{f:g}" for f in self.stretches) + " stretches"
         return f"{what} ({aggregation_label(self.aggregation, self.fraction)}{where})"
 
     @property
@@ -543,9 +551,9 @@ class PatchDensity(AnomalyScore):
 
 def _pixel_error(kind: str, aggregation: str = "mean", fraction: float = 0.01, window: int = 11,
                  sigma: float = 1.5, region: str = "image", region_threshold: float = 0.3,
-                 **_: Any) -> ReconstructionError:
+                 stretches: Sequence[float] = (1.0,), **_: Any) -> ReconstructionError:
     return ReconstructionError(kind, aggregation, fraction, window, sigma, region,
-                               region_threshold)
+                               region_threshold, stretches)
 
 
 #: Score registry: name -> factory taking the ``anomaly.score`` params.
@@ -593,11 +601,42 @@ def fit_score(scorer: AnomalyScore, model: ConvAutoencoder, normal_x: torch.Tens
                                        progress, desc=f"fit {scorer.name}"))
 
 
+def stretch_width(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """(N, 1, H, W) images stretched horizontally by ``factor`` about their centre, same size:
+    a factor above 1 widens the anatomy and crops the sides, below 1 narrows it and repeats
+    the edge columns (outside the lung fields, so the lung-field scores ignore them)."""
+    if factor == 1.0:
+        return x
+    w = x.shape[-1]
+    nw = max(1, int(round(w * factor)))
+    mode = "area" if nw < w else "bilinear"
+    y = F.interpolate(x, size=(x.shape[-2], nw), mode=mode,
+                      **({} if mode == "area" else {"align_corners": False}))
+    if nw >= w:
+        left = (nw - w) // 2
+        return y[..., left:left + w]
+    left = (w - nw) // 2
+    return F.pad(y, (left, w - nw - left, 0, 0), mode="replicate")
+
+
 def compute_scores(scorer: AnomalyScore, model: ConvAutoencoder, x: torch.Tensor,
                    batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    """Anomaly score of every image in ``x`` (higher = less like the normal training images)."""
-    out = [scorer.score(fw).detach().cpu()
-           for fw in iterate_forwards(model, x, batch_size, scorer.needs_recon_feats, progress)]
+    """Anomaly score of every image in ``x`` (higher = less like the normal training images).
+
+    A score with ``stretches`` (pixel errors) scores each image at every horizontal stretch
+    (:func:`stretch_width`) and keeps the lowest: an image whose source was squashed to a
+    square from another aspect ratio than the training normals gets the stretch that matches
+    them best, while an opacity no stretch removes keeps its score.
+    """
+    factors = tuple(getattr(scorer, "stretches", None) or (1.0,))
+    out = []
+    for i in tqdm(range(0, len(x), batch_size), desc="score", unit="batch",
+                  disable=not progress):
+        xb = x[i:i + batch_size]
+        per = [scorer.score(forward_batch(model, stretch_width(xb, f),
+                                          recon_feats=scorer.needs_recon_feats)).detach().cpu()
+               for f in factors]
+        out.append(torch.stack(per).amin(0))
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
 
