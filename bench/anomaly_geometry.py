@@ -16,13 +16,15 @@ autoencoder (``--model``) and fitted on the normal training images of ``--proces
   of the same files), with the paired difference (patient bootstrap), and the sensitivity and
   specificity at each score's val EER threshold.
 
-    python bench/anomaly_geometry.py --out bench/results/anomaly_geometry.json
+    python bench/anomaly_geometry.py --external data/external/shifted \
+        --out bench/results/anomaly_geometry.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from _common import REPO, SHARED, write
+from _common import REPO, SHARED, commit, machine, write
 from pneumocxr.anomaly.detect import choose_threshold
 from pneumocxr.anomaly.scores import compute_scores, create_score, fit_score
 from pneumocxr.config import load_params
@@ -59,6 +61,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--external", default=None,
+                    help="also score this prepared external set (e.g. data/external/shifted: "
+                         "a look at it, logged in bench/results/external_looks.jsonl) and give "
+                         "the paired AUROC differences of the default to the other scores")
     ap.add_argument("--out", default=str(REPO / "bench/results/anomaly_geometry.json"))
     args = ap.parse_args()
     set_threads(args.threads)
@@ -87,6 +93,9 @@ def main() -> int:
     normals = autoencoder_input(np.asarray(splits["train"].images[splits["train"].y_binary == 0]),
                                 size)
     xv, xt = autoencoder_input(splits["val"].images, size), autoencoder_input(test.images, size)
+    ext = load_split(args.external, "test", variant) if args.external else None
+    xe = autoencoder_input(ext.images, size) if ext is not None else None
+    ext_scores = {}
     default = load_params(args.params)["anomaly"]["score"]
     out = {"model": args.model, "input_size": size, "variant": variant,
            "n_dev_test": int(len(y_test)), "n_originals": int(len(y_o)),
@@ -112,6 +121,12 @@ def main() -> int:
         row["originals"]["aspect_kept_minus_squashed_auroc"] = bootstrap_ci(
             lambda y, a, b: auroc(y, a) - auroc(y, b), [y_o, so["aspect_kept"], so["squashed"]],
             groups_o, args.n_boot, args.seed)
+        if ext is not None:
+            se = compute_scores(scorer, model, xe, 64)
+            ext_scores[name] = se
+            row["external"] = {"auroc": bootstrap_ci(auroc, [ext.y_binary, se], ext.patients,
+                                                     args.n_boot, args.seed),
+                               **rates(ext.y_binary, se, thr)}
         out["scores"][name] = row
         print(name, json.dumps({"dev_test_auroc": round(row["dev_test_auroc"], 4),
                                 "within": within,
@@ -119,6 +134,26 @@ def main() -> int:
                                               for a, v in row["originals"].items()
                                               if a != "aspect_kept_minus_squashed_auroc"}}),
               flush=True)
+    if ext is not None:
+        out["external"] = {"set": args.external, "n": int(len(ext.y_binary)),
+                           "default_minus": {n: bootstrap_ci(
+                               lambda y, a, b: auroc(y, a) - auroc(y, b),
+                               [ext.y_binary, ext_scores["default"], ext_scores[n]],
+                               ext.patients, args.n_boot, args.seed)
+                               for n in ext_scores if n != "default"}}
+        print("external", json.dumps(out["external"]))
+        look = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit(),
+                "set": Path(args.external).name, "n_images": out["external"]["n"],
+                "purpose": "paired AUROC differences of the default anomaly score to the "
+                           "previous default and the study's MSE (bench/anomaly_geometry.py)",
+                "chosen_on": "none (report only)", "machine": machine()["cpu"],
+                "figures": {n: {"auroc": round(r["external"]["auroc"]["value"], 4),
+                                "specificity": round(r["external"]["specificity"], 4)}
+                            for n, r in out["scores"].items()}
+                | {"default_minus": {n: round(v["value"], 4)
+                                     for n, v in out["external"]["default_minus"].items()}}}
+        with (REPO / "bench/results/external_looks.jsonl").open("a") as fh:
+            fh.write(json.dumps(look) + "\n")
     write(args.out, out)
     return 0
 

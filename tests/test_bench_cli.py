@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +97,27 @@ def test_recipe_ablation_refuses_a_missing_data_folder(tmp_path, capsys, monkeyp
                                        "--out", str(tmp_path / "o.json")])
     assert exc.value.code == 2 and "nope: no such folder" in capsys.readouterr().err
     assert not (tmp_path / "o.json").exists()
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in BENCH.glob("*.py") if p.stem != "_common"))
+def test_every_benchmark_script_imports_and_prints_its_usage(name, monkeypatch, capsys):
+    """A library rename that breaks a benchmark shows here, not in the next session's run."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    module = _load(name)
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", "--help"])
+    with pytest.raises(SystemExit) as stop:
+        module.main()
+    assert stop.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_aspect_proxy_stretches_each_image_by_its_own_seeded_factor(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    shift = _load("anomaly_shift")
+    images = np.zeros((3, 32, 32), dtype=np.uint8)
+    images[:, :, 12:20] = 255                          # a bar 8 px wide
+    a, b = shift.proxy_aspect(images, 5), shift.proxy_aspect(images, 5)
+    assert a.shape == images.shape and np.array_equal(a, b)
+    widths = [(im[16] > 127).sum() for im in a]
+    assert all(6 <= w <= 10 for w in widths) and len(set(widths)) > 1
