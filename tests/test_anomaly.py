@@ -323,6 +323,17 @@ def test_params_with_a_typo_or_a_bad_value_fail_naming_the_key():
             bad()
     with pytest.raises(ParamsError, match="encoder block 3 does not exist"):
         complete("anomaly", {"model": {"channels": [8, 16]}, "score": {"level": 3}})
+    with pytest.raises(ParamsError, match=r"anomaly\.score\.window must be odd"):
+        complete("anomaly", {"score": {"window": 20}})
+    with pytest.raises(ParamsError, match=r"anomaly\.score\.window \(41\) is too large"):
+        complete("anomaly", {"model": {"input_size": 16, "channels": [4, 8]},
+                             "score": {"window": 41}})
+    with pytest.raises(ParamsError, match=r"anomaly\.score\.stretches.*greater than the maximum"):
+        complete("anomaly", {"score": {"stretches": [1.0, 3.0]}})
+    with pytest.raises(ParamsError, match=r"anomaly\.score\.region: 'lungs' is not allowed"):
+        complete("anomaly", {"score": {"region": "lungs"}})
+    with pytest.raises(ParamsError, match=r"anomaly\.evaluate\.baseline"):
+        complete("anomaly", {"evaluate": {"baseline": "patch_mahalanobis"}})
 
 
 def test_training_without_normal_images_is_a_clear_error(tmp_path):

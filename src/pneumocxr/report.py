@@ -565,22 +565,24 @@ def fmt_published(value: float | None, scale: str) -> str:
     return f"{value:.3f}"
 
 
-def fmt_diff(node: Mapping[str, Any] | None) -> str:
-    """A signed difference of two AUROCs with its CI: ``+0.120 [+0.070, +0.170]``."""
+def _fmt_difference(node: Mapping[str, Any] | None, spec: str, scale: float = 1.0,
+                    unit: str = "") -> str:
+    """A difference with its CI, each number formatted by ``spec`` after ``scale``."""
     if not node or node.get("value") is None:
         return "n/a"
     lo, hi = node.get("ci_low"), node.get("ci_high")
-    ci = "CI n/a" if lo is None or hi is None else f"{lo:+.3f}, {hi:+.3f}"
-    return f"{node['value']:+.3f} [{ci}]"
+    ci = "CI n/a" if lo is None or hi is None else f"{scale * lo:{spec}}, {scale * hi:{spec}}"
+    return f"{scale * node['value']:{spec}}{unit} [{ci}]"
+
+
+def fmt_diff(node: Mapping[str, Any] | None) -> str:
+    """A signed difference of two AUROCs with its CI: ``+0.120 [+0.070, +0.170]``."""
+    return _fmt_difference(node, "+.3f")
 
 
 def fmt_points(node: Mapping[str, Any] | None) -> str:
     """A difference of two rates in percentage points with its CI: ``-1.2 pts [-3.0, 0.5]``."""
-    if not node or node.get("value") is None:
-        return "n/a"
-    lo, hi = node.get("ci_low"), node.get("ci_high")
-    ci = "CI n/a" if lo is None or hi is None else f"{100 * lo:.1f}, {100 * hi:.1f}"
-    return f"{100 * node['value']:.1f} pts [{ci}]"
+    return _fmt_difference(node, ".1f", 100.0, " pts")
 
 
 def _band_drops(run: Mapping[str, Any]) -> str:
