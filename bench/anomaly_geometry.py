@@ -33,6 +33,7 @@ from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 from _common import REPO, SHARED, commit, machine, write
+from anomaly_shift import SCORES
 from pneumocxr.anomaly.detect import choose_threshold
 from pneumocxr.anomaly.scores import compute_scores, create_score, fit_score
 from pneumocxr.config import load_params
@@ -44,8 +45,7 @@ from pneumocxr.models import autoencoder_input, load_autoencoder
 from pneumocxr.utils import set_determinism, set_threads
 
 KERMANY = SHARED / "kermany"
-PREVIOUS = {"method": "ssim", "aggregation": "topk", "fraction": 0.02}
-STUDY = {"method": "mse", "aggregation": "mean"}
+PREVIOUS, STUDY = SCORES["ssim_top2"], SCORES["mse_mean"]
 
 
 def rates(y: np.ndarray, s: np.ndarray, t: float) -> dict[str, float]:

@@ -49,8 +49,12 @@ JITTER = {"none": {},
           "acquisition+aspect": {"contrast": 0.25, "gamma": 0.3, "zoom": 0.08, "aspect": 0.1,
                                  "noise": 0.03}}
 LUNGS = {"region": "lung_prior", "region_threshold": 0.3}
-SCORES = {"ssim_top2": {"method": "ssim", "aggregation": "topk", "fraction": 0.02},
-          "mse_mean": {"method": "mse", "aggregation": "mean"},
+#: the previous default (SSIM's own window) and the study's score, spelled out in full so
+#: that params completion (whose defaults are the current score's) cannot change them
+SCORES = {"ssim_top2": {"method": "ssim", "aggregation": "topk", "fraction": 0.02,
+                        "window": 11, "sigma": 1.5, "region": "image", "stretches": [1.0]},
+          "mse_mean": {"method": "mse", "aggregation": "mean", "region": "image",
+                       "stretches": [1.0]},
           "patch_mahalanobis": {"method": "patch_mahalanobis", "level": -1},
           "ssim_lungs": {"method": "ssim", "aggregation": "mean", **LUNGS},
           "structure_w11": {"method": "structure", "aggregation": "mean", "window": 11,

@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 from _common import REPO, write
+from anomaly_shift import SCORES
 from pneumocxr.anomaly.evaluate import run_anomaly_evaluation
 from pneumocxr.config import load_params
 from pneumocxr.utils import set_threads
 
-PREVIOUS = {"method": "ssim", "aggregation": "topk", "fraction": 0.02, "window": 11,
-            "sigma": 1.5, "region": "image", "stretches": [1.0]}
+PREVIOUS = SCORES["ssim_top2"]
 
 
 def main() -> int:

@@ -217,6 +217,8 @@ class AnomalyScore:
     name = "base"
     needs_fit = False
     needs_recon_feats = False
+    #: horizontal stretches :func:`compute_scores` scores each image at (keeping the lowest)
+    stretches: tuple[float, ...] = (1.0,)
 
     @property
     def label(self) -> str:
@@ -628,16 +630,13 @@ def compute_scores(scorer: AnomalyScore, model: ConvAutoencoder, x: torch.Tensor
     square from another aspect ratio than the training normals gets the stretch that matches
     them best, while an opacity no stretch removes keeps its score.
     """
-    factors = tuple(getattr(scorer, "stretches", None) or (1.0,))
-    out = []
-    for i in tqdm(range(0, len(x), batch_size), desc="score", unit="batch",
-                  disable=not progress):
-        xb = x[i:i + batch_size]
-        per = [scorer.score(forward_batch(model, stretch_width(xb, f),
-                                          recon_feats=scorer.needs_recon_feats)).detach().cpu()
-               for f in factors]
-        out.append(torch.stack(per).amin(0))
-    return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
+    if len(x) == 0:
+        return np.zeros(0)
+    per = [torch.cat([scorer.score(fw).detach().cpu()
+                      for fw in iterate_forwards(model, stretch_width(x, f), batch_size,
+                                                 scorer.needs_recon_feats, progress)])
+           for f in scorer.stretches]
+    return torch.stack(per).amin(0).numpy().astype(np.float64)
 
 
 # --------------------------------------------------------------------------------------------
