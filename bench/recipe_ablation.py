@@ -5,9 +5,12 @@ Each variant is the params.yaml binary recipe (``--arch``, from scratch) with a 
 overridden; every variant trains once per ``--seeds`` on one prepared copy of the shared
 Kermany data (the patient split is fixed: ``data.split_seed`` of params.yaml). Each model is
 scored at argmax (after the val temperature) on val, on the proxy of ``operating_point.py``
-(val redrawn under another acquisition, defined before any look at the shifted set) and on
-the dev test. The shifted held-out set is not read here: a variant is chosen on val and the
-proxy only (criterion: the mean of val and proxy AUROC, paired by seed).
+(proxy A: val redrawn under another exposure, defined before any look at the shifted set), on
+proxy D (``processing_*``: the same copies post-processed another way, see
+``processing_images``) and on the dev test. The shifted held-out set is not read here: a
+variant is chosen on val and the proxies only (criterion: the mean of val and proxy-A AUROC,
+paired by seed). The ``acquisition`` variants draw from proxy A's own ranges, so for them
+proxy A gains by construction and proxy D is the figure to read.
 
 For ``fp32`` against ``base`` (bf16 autocast where the CPU has it natively) the check of the
 classifier issue is applied as well: |mean delta AUROC| <= 0.005 and |mean delta accuracy|
@@ -15,6 +18,8 @@ classifier issue is applied as well: |mean delta AUROC| <= 0.005 and |mean delta
 
     python bench/recipe_ablation.py --seeds 1 2 3 --epochs 6 \
         --out bench/results/recipe_ablation_64px.json
+    python bench/recipe_ablation.py --variants base ema_0.99 acquisition acquisition_ema \
+        --seeds 1 2 3 --epochs 6 --workdir /tmp/abl --out bench/results/recipe_ablation_acquisition_64px.json
     python bench/recipe_ablation.py --arch alexnet --variants base lr_2e-4 --seeds 1 \
         --epochs 4 --out bench/results/recipe_ablation_alexnet_64px.json
 """
@@ -31,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import yaml
@@ -57,9 +63,45 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no_hflip": {"augment": {"hflip": 0.0}},
     "intensity_x2": {"augment": {"brightness": 0.4, "contrast": 0.4}},
     "lr_2e-4": {"lr": 0.0002},          # for the plain networks (no batch norm) of --arch
+    # fixed before any run: a horizon of about 100 steps (0.75 epoch at batch 32)
+    "ema_0.99": {"ema": 0.99},
+    # fixed before any run, on purpose the ranges of the proxy (so proxy A gains by
+    # construction and proxy D, another kind of change, is the one to read)
+    "acquisition": {"augment": {"gamma": 0.3, "blur": 1.0, "noise": 0.03}},
+    "acquisition_ema": {"augment": {"gamma": 0.3, "blur": 1.0, "noise": 0.03}, "ema": 0.99},
 }
 FIGURES = ("val_auroc", "val_accuracy", "proxy_auroc", "proxy_accuracy", "proxy_specificity",
+           "processing_auroc", "processing_accuracy", "processing_specificity",
            "test_auroc", "test_accuracy")
+#: proxy D, another vendor's post-processing rather than another exposure (none of it is in
+#: the training augmentation): each val image gets one of these, drawn per image
+PROCESSING = {"clahe_clip": (1.0, 3.0), "unsharp_amount": (0.5, 1.5), "jpeg_quality": (15, 40),
+              "resample": (0.45, 0.7)}
+
+
+def processing_images(images: np.ndarray, seed: int) -> np.ndarray:
+    """Proxy D: each uint8 image post-processed one way (CLAHE, unsharp masking, JPEG
+    recompression, or a lower resolution upsampled back), strength drawn from ``PROCESSING``."""
+    out = []
+    for i, im in enumerate(np.asarray(images)):
+        rng = np.random.default_rng([seed, 7, i])
+        kind = ("clahe_clip", "unsharp_amount", "jpeg_quality", "resample")[int(rng.integers(4))]
+        v = float(rng.uniform(*PROCESSING[kind]))
+        h, w = im.shape
+        if kind == "clahe_clip":
+            r = cv2.createCLAHE(clipLimit=v, tileGridSize=(8, 8)).apply(im)
+        elif kind == "unsharp_amount":
+            soft = cv2.GaussianBlur(im, (0, 0), 1.5)
+            r = cv2.addWeighted(im, 1.0 + v, soft, -v, 0)
+        elif kind == "jpeg_quality":
+            ok, buf = cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, int(v)])
+            r = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
+        else:
+            small = cv2.resize(im, (max(8, int(w * v)), max(8, int(h * v))),
+                               interpolation=cv2.INTER_AREA)
+            r = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        out.append(r)
+    return np.stack(out)
 
 
 def _argmax_rates(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -134,6 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
     proxy_seed = 2026
     proxy = proxy_images(val.images, args.copies, proxy_seed)
     y_proxy = np.tile(val.y_binary, args.copies)
+    processing = processing_images(np.tile(val.images, (args.copies, 1, 1)), proxy_seed)
     recipe = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
     recipe.update({"archs": [args.arch], "weights": "none", "epochs": args.epochs})
     runs = []
@@ -161,9 +204,15 @@ def main(argv: list[str] | None = None) -> dict:
                                     input_size=int(meta["input_size"]),
                                     precision=meta.get("precision", "fp32"))
             shifted = _argmax_rates(y_proxy, probabilities(logits, float(cal["temperature"])))
+            logits = predict_logits(net, processing, normalization=meta["normalization"],
+                                    input_size=int(meta["input_size"]),
+                                    precision=meta.get("precision", "fp32"))
+            processed_d = _argmax_rates(y_proxy,
+                                        probabilities(logits, float(cal["temperature"])))
             figures = {"val_auroc": metrics["val"]["auroc"]["value"],
                        "val_accuracy": metrics["val"]["accuracy"]["value"],
                        **{f"proxy_{k}": v for k, v in shifted.items()},
+                       **{f"processing_{k}": v for k, v in processed_d.items()},
                        "test_auroc": metrics["test"]["auroc"]["value"],
                        "test_accuracy": metrics["test"]["accuracy"]["value"]}
             runs.append({"variant": name, "seed": seed, "precision": meta.get("precision"),
@@ -178,6 +227,10 @@ def main(argv: list[str] | None = None) -> dict:
                  "epochs": args.epochs, "threads": torch.get_num_threads()},
         "proxy": {"definition": PROXY, "copies": args.copies, "seed": proxy_seed,
                   "n_images": int(len(y_proxy))},
+        "processing_proxy": {"definition": PROCESSING, "seed": proxy_seed,
+                             "n_images": int(len(y_proxy)),
+                             "transform": "bench/recipe_ablation.py processing_images on the "
+                                          "prepared val crops (the proxy's copies)"},
         "variants": {v: VARIANTS[v] for v in args.variants},
         "selection": "mean of val and proxy AUROC, paired by seed against base",
         "runs": runs,

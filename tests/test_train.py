@@ -14,7 +14,7 @@ import torch
 from pneumocxr.calibration import run_calibration
 from pneumocxr.checkpoint import load_checkpoint
 from pneumocxr.config import ParamsError
-from pneumocxr.datasets import ArrayDataset, Augment, load_task_split, to_float
+from pneumocxr.datasets import ArrayDataset, Augment, gaussian_blur, load_task_split, to_float
 from pneumocxr.logits import read_predictions
 from pneumocxr.settings import CalibrateSettings, TrainSettings
 from pneumocxr.train import HISTORY_COLUMNS, fit, run_training, subsample_by_patient
@@ -128,10 +128,11 @@ def _same_weights(a: Path, b: Path) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize("schedule", ["onecycle", "step"])
+@pytest.mark.parametrize("params", [{"schedule": "onecycle"}, {"schedule": "step"},
+                                    {"schedule": "onecycle", "ema": 0.9}],
+                         ids=["onecycle", "step", "ema"])
 def test_resume_after_a_kill_ends_bitwise_identical_to_an_uninterrupted_run(
-        processed, tmp_path, schedule):
-    params = {"schedule": schedule}
+        processed, tmp_path, params):
     _fit(processed, tmp_path / "straight", params=params)
 
     class Killed(Exception):
@@ -172,6 +173,23 @@ def test_same_params_and_seed_give_identical_results_and_another_seed_does_not(p
     ha = pd.read_csv(tmp_path / "a" / "history.csv")
     hb = pd.read_csv(tmp_path / "b" / "history.csv")
     pd.testing.assert_frame_equal(ha[METRIC_COLUMNS], hb[METRIC_COLUMNS], check_exact=True)
+
+
+def test_ema_validates_and_saves_the_average_not_the_last_weights(processed, tmp_path):
+    _fit(processed, tmp_path / "raw", params={"epochs": 2}, resume=False)
+    # a decay so small that the average is the last step's weights: the same model, bitwise
+    _fit(processed, tmp_path / "tiny", params={"epochs": 2, "ema": 1e-12}, resume=False)
+    assert _same_weights(tmp_path / "raw" / "best.pt", tmp_path / "tiny" / "best.pt")
+    _fit(processed, tmp_path / "ema", params={"epochs": 2, "ema": 0.9}, resume=False)
+    assert not _same_weights(tmp_path / "raw" / "best.pt", tmp_path / "ema" / "best.pt")
+    raw, ema = (pd.read_csv(tmp_path / r / "history.csv") for r in ("raw", "ema"))
+    # the same training steps (train loss) but another network validated
+    pd.testing.assert_series_equal(raw["train_loss"], ema["train_loss"], check_exact=True)
+    assert not np.array_equal(raw["val_loss"], ema["val_loss"])
+    meta = load_checkpoint(tmp_path / "ema" / "best.pt")["meta"]
+    assert meta["params"]["ema"] == 0.9
+    with pytest.raises(ParamsError, match=r"train\.ema"):
+        TrainSettings.for_task({"ema": 1.0}, "binary")
 
 
 def test_best_pt_holds_weights_and_metadata_but_no_optimizer_state(processed, tmp_path):
@@ -325,17 +343,51 @@ def test_augment_is_seeded_keeps_range_and_disabled_augment_is_identity():
     assert a.shape == (4, 1, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= 0 and a.max() <= 1
     off = Augment(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, rotation=0.0, brightness=0.0,
-                  contrast=0.0)
+                  contrast=0.0, gamma=0.0, blur=0.0, noise=0.0)
     assert torch.equal(off(x, torch.Generator()), x)
 
 
 def test_augment_flip_only_mirrors_the_image():
     x = torch.rand(2, 1, 16, 16)
     flip = Augment(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=1.0, rotation=0.0, brightness=0.0,
-                   contrast=0.0)
+                   contrast=0.0, gamma=0.0, blur=0.0, noise=0.0)
     assert torch.allclose(flip(x, torch.Generator()), x.flip(-1), atol=1e-6)
     assert Augment.from_params({"scale": [1.0, 1.0], "ratio": [1.0, 1.0], "hflip": 1.0,
                                 "rotation": 0.0, "brightness": 0.0, "contrast": 0.0}) == flip
+
+
+def test_acquisition_jitter_leaves_the_other_draws_and_changes_what_it_says():
+    x = to_float(torch.from_numpy(synthetic_images(np.array([0, 1, 2, 1]), 40))[:, None])
+    base = Augment.from_params()
+    assert (base.gamma, base.blur, base.noise) == (0.0, 0.0, 0.0) and not base.acquisition
+    only = dict(scale=[1.0, 1.0], ratio=[1.0, 1.0], hflip=0.0, rotation=0.0, brightness=0.0,
+                contrast=0.0)
+    gen = lambda: torch.Generator().manual_seed(3)   # noqa: E731
+    # gamma: a monotone curve per image; black stays black, the middle moves
+    g = Augment.from_params({**only, "gamma": 0.5})(x, gen())
+    assert g.shape == x.shape and not torch.allclose(g, x)
+    for xi, gi in zip(x.flatten(1), g.flatten(1)):
+        assert torch.all(torch.diff(gi[xi.argsort()]) >= -1e-6)
+        assert torch.all(gi[xi == 0] == 0)
+    # blur: the mean is kept (reflected edges) and the high frequencies go
+    b = Augment.from_params({**only, "blur": 2.0})(x, gen())
+    assert torch.allclose(b.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=0.02)
+    rough = lambda t: (t[..., 1:] - t[..., :-1]).abs().mean()   # noqa: E731
+    assert rough(b) < rough(x)
+    # noise: zero-mean, seeded
+    z1 = Augment.from_params({**only, "noise": 0.1})(x, gen())
+    z2 = Augment.from_params({**only, "noise": 0.1})(x, gen())
+    assert torch.equal(z1, z2) and not torch.equal(z1, x)
+    # the geometric and intensity draws come first and are the same with the jitter on
+    both = dataclasses.replace(base, gamma=0.0, blur=0.0, noise=1e-9)
+    assert torch.allclose(both(x, gen(), size=32), base(x, gen(), size=32), atol=1e-6)
+
+
+def test_gaussian_blur_sigma_zero_is_identity_and_a_constant_image_stays_constant():
+    x = torch.rand(3, 1, 20, 20)
+    assert torch.allclose(gaussian_blur(x, torch.zeros(3), 4), x, atol=1e-6)
+    c = torch.full((2, 1, 12, 12), 0.3)
+    assert torch.allclose(gaussian_blur(c, torch.tensor([1.0, 3.0]), 9), c, atol=1e-6)
 
 
 def test_augment_from_params_fills_the_schema_defaults_and_refuses_bad_values():
@@ -346,6 +398,8 @@ def test_augment_from_params_fills_the_schema_defaults_and_refuses_bad_values():
         Augment.from_params({"scale": [0.9, 0.5]})
     with pytest.raises(ParamsError, match=r"train\.augment\.rotation"):
         Augment.from_params({"rotation": 200})
+    with pytest.raises(ParamsError, match=r"train\.augment\.blur"):
+        Augment.from_params({"blur": -1})
 
 
 def test_array_dataset_validates_and_describes_itself():

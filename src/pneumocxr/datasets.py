@@ -171,12 +171,23 @@ class Augment(AugmentSettings):
         rotation: maximum rotation in degrees (uniform in ``[-rotation, rotation]``).
         brightness: brightness factor drawn from ``[1 - b, 1 + b]`` (multiplies the image).
         contrast: contrast factor drawn from ``[1 - c, 1 + c]`` (scales around the image mean).
+        gamma: the image raised to ``exp(U(-gamma, gamma))`` (another detector's response curve).
+        blur: Gaussian blur with sigma ``U(0, blur)`` pixels of the output (another focal spot,
+            another resampling).
+        noise: additive Gaussian noise with std ``U(0, noise)`` (another dose).
+
+    The acquisition jitter (gamma, blur, noise) draws its random numbers after the others, and
+    only when one of them is on, so turning it on leaves the other draws as they were.
     """
 
     @property
     def geometric(self) -> bool:
         return self.scale != (1.0, 1.0) or self.ratio != (1.0, 1.0) or self.hflip > 0 \
             or self.rotation > 0
+
+    @property
+    def acquisition(self) -> bool:
+        return self.gamma > 0 or self.blur > 0 or self.noise > 0
 
     def affine(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """(n, 2, 3) affine maps from output to input coordinates (``affine_grid`` convention)."""
@@ -211,9 +222,34 @@ class Augment(AugmentSettings):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                               antialias=True)
         u = torch.rand(n, 2, generator=generator).to(x.device)
+        v = torch.rand(n, 3, generator=generator).to(x.device) if self.acquisition else None
+        if v is not None and self.gamma > 0:
+            x = x.clamp(min=0.0) ** torch.exp(self.gamma * (2.0 * v[:, 0] - 1.0)).view(n, 1, 1, 1)
+        if v is not None and self.blur > 0:
+            x = gaussian_blur(x, self.blur * v[:, 1], int(math.ceil(3.0 * self.blur)))
         if self.brightness > 0:
             x = x * (1.0 + self.brightness * (2.0 * u[:, 0] - 1.0)).view(n, 1, 1, 1)
         if self.contrast > 0:
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = (x - mean) * (1.0 + self.contrast * (2.0 * u[:, 1] - 1.0)).view(n, 1, 1, 1) + mean
+        if v is not None and self.noise > 0:
+            z = torch.randn(x.shape, generator=generator).to(x.device)
+            x = x + z * (self.noise * v[:, 2]).view(n, 1, 1, 1)
         return x.clamp(0.0, 1.0)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Blur each image of ``x`` (B, C, H, W) with its own Gaussian ``sigma`` (B,) in pixels
+    (separable, kernel ``2 * radius + 1`` wide, reflected edges); sigma 0 leaves it as it is."""
+    n, c, h, w = x.shape
+    radius = max(0, min(radius, h - 1, w - 1))
+    if radius == 0:
+        return x
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    s = sigma.to(x.dtype).clamp(min=1e-3).view(n, 1)
+    k = torch.exp(-0.5 * (t.view(1, -1) / s) ** 2)
+    k = (k / k.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)      # (B*C, K)
+    y = F.pad(x.reshape(1, n * c, h, w), (radius, radius, radius, radius), mode="reflect")
+    y = F.conv2d(y, k.view(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, -1, 1), groups=n * c)
+    return y.view(n, c, h, w)

@@ -42,11 +42,20 @@ class Trainable:
     generator: torch.Generator
     scheduler: Any = None
     scaler: Any = None
+    #: a running average of ``model`` (``torch.optim.swa_utils.AveragedModel``); when set,
+    #: it is the network that is validated and kept as the best
+    averaged: Any = None
+
+    @property
+    def selected(self) -> torch.nn.Module:
+        """The network whose weights are validated and kept: the average where there is one."""
+        return self.averaged.module if self.averaged is not None else self.model
 
     def state(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "averaged": self.averaged.state_dict() if self.averaged is not None else None,
                 "generator": self.generator.get_state()}
 
     def load(self, state: Mapping[str, Any]) -> None:
@@ -56,6 +65,8 @@ class Trainable:
             self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler") is not None:
             self.scaler.load_state_dict(state["scaler"])
+        if self.averaged is not None:
+            self.averaged.load_state_dict(state["averaged"])
         self.generator.set_state(state["generator"])
 
 
@@ -91,7 +102,7 @@ def run_epochs(
     """
     history: list[dict[str, float]] = []
     best: dict[str, Any] = {"epoch": 0, "score": None, "info": None}
-    best_state = cpu_state(parts.model)
+    best_state = cpu_state(parts.selected)
     start = 1
     best_file = cache.dir / "best_model.pt" if cache is not None else None
     state = cache.load() if cache is not None and resume else None
@@ -109,7 +120,7 @@ def run_epochs(
         improved = best["score"] is None or tuple(score) > tuple(best["score"])
         if improved:
             best = {"epoch": epoch, "score": list(score), "info": info}
-            best_state = cpu_state(parts.model)
+            best_state = cpu_state(parts.selected)
             if best_file is not None:
                 atomic_save({"epoch": epoch, "model": best_state}, best_file)
         if cache is not None:

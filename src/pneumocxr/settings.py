@@ -73,7 +73,8 @@ class Section:
 
 @dataclass(frozen=True)
 class AugmentSettings(Section):
-    """``train.augment``: random resized crop, flip, rotation, brightness and contrast."""
+    """``train.augment``: random resized crop, flip, rotation, brightness and contrast, and
+    the acquisition jitter (gamma, blur, noise)."""
 
     SECTION: ClassVar[str] = "train.augment"
     scale: tuple[float, float]
@@ -82,6 +83,9 @@ class AugmentSettings(Section):
     rotation: float
     brightness: float
     contrast: float
+    gamma: float
+    blur: float
+    noise: float
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,7 @@ class TrainSettings(Section):
     augment: AugmentSettings
     precision: str
     channels_last: bool
+    ema: float
     eval_batch_size: int
     select: str
 

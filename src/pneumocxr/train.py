@@ -39,6 +39,7 @@ import pandas as pd
 import sklearn
 import torch
 import torchvision
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
@@ -107,6 +108,14 @@ def make_scheduler(optimizer: torch.optim.Optimizer, p: TrainSettings,
     return None, "never"
 
 
+def make_averaged(model: torch.nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and buffers (batch-norm
+    statistics), ``decay`` per step; ``None`` when ``decay`` is 0 (``train.ema``)."""
+    if decay <= 0:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     data: ArrayDataset,
@@ -124,9 +133,10 @@ def train_one_epoch(
     channels_last: bool = False,
     progress: bool = False,
     scaler: torch.amp.GradScaler | None = None,
+    averaged: AveragedModel | None = None,
 ) -> dict[str, float]:
     """One epoch over ``data`` (last incomplete batch dropped); ``scheduler`` steps per batch;
-    ``scaler`` scales the loss (fp16 on CUDA).
+    ``scaler`` scales the loss (fp16 on CUDA); ``averaged`` is updated after every step.
 
     Returns mean loss, accuracy, images seen, seconds and images/s.
     """
@@ -160,6 +170,8 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
         if scheduler is not None:
             scheduler.step()
         loss_sum += loss.item() * len(y)
@@ -309,8 +321,10 @@ def fit(
     augment = Augment.from_params(p.augment)
     sample_weights = balanced_sample_weights(train.labels) if p.balanced_sampler else None
     scaler = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
+    averaged = make_averaged(model, p.ema)
+    evaluated = averaged.module if averaged is not None else model
 
-    parts = Trainable(model, optimizer, generator, scheduler, scaler)
+    parts = Trainable(model, optimizer, generator, scheduler, scaler, averaged)
     log.info("training %s/%s: %d train / %d val images, %dx%d px, %s, %s, resume cache %s",
              task, arch, len(train), len(val), input_size, input_size, precision, weights,
              cache.dir)
@@ -323,10 +337,10 @@ def fit(
             batch_size=p.batch_size, generator=generator, augment=augment,
             input_size=input_size, scheduler=scheduler if when == "batch" else None,
             sample_weights=sample_weights, precision=precision,
-            channels_last=p.channels_last, progress=progress, scaler=scaler)
+            channels_last=p.channels_last, progress=progress, scaler=scaler, averaged=averaged)
         if when == "epoch":
             scheduler.step()
-        logits = predict_logits(model, val, normalization=normalization,
+        logits = predict_logits(evaluated, val, normalization=normalization,
                                 batch_size=p.eval_batch_size, input_size=input_size,
                                 precision=precision, channels_last=p.channels_last)
         vm = val_metrics(logits, val.labels, criterion)
@@ -348,6 +362,7 @@ def fit(
                      on_epoch_end=on_epoch_end)
     history, best = res.history, {"epoch": res.best_epoch, "metrics": res.best_info}
     seconds = res.seconds
+    model = evaluated
     model.load_state_dict(res.best_state)
     if val_predictions_path is not None:
         logits = predict_logits(model, val, normalization=normalization,
