@@ -67,17 +67,25 @@ def main() -> int:
     args = ap.parse_args()
     res = Path(args.results)
     metrics = json.loads((res / "external" / args.set / "metrics.json").read_text())
-    params = (res / "params.json").read_bytes()
-    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit(),
-             "config_sha256": hashlib.sha256(params).hexdigest()[:16],
-             "set": args.set, "n_images": metrics["n_images"], "purpose": args.purpose,
-             "chosen_on": args.chosen_on, "machine": machine()["cpu"],
-             "figures": figures(metrics)}
-    LOG.parent.mkdir(parents=True, exist_ok=True)
-    with LOG.open("a") as fh:
-        fh.write(json.dumps(entry) + "\n")
+    entry = log_look(args.set, metrics, (res / "params.json").read_bytes(),
+                     purpose=args.purpose, chosen_on=args.chosen_on)
     print(json.dumps(entry["figures"], indent=1))
     return 0
+
+
+def log_look(name: str, metrics: dict, params: bytes, *, purpose: str, chosen_on: str,
+             log: Path = LOG, **extra) -> dict:
+    """Append one look at external set ``name`` (its ``metrics.json``, the run's resolved
+    ``params`` as bytes) to ``log`` and return the entry."""
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit(),
+             "config_sha256": hashlib.sha256(params).hexdigest()[:16],
+             "set": name, "n_images": metrics["n_images"], "purpose": purpose,
+             "chosen_on": chosen_on, "machine": machine()["cpu"], **extra,
+             "figures": figures(metrics)}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+    return entry
 
 
 if __name__ == "__main__":

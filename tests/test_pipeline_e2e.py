@@ -91,3 +91,36 @@ def test_calibrate_fits_a_site_operating_point_that_predict_then_uses(demo_works
     assert "operating point from" in pred.stderr
     threshold = cal["operating_threshold"]["value"]
     assert all(abs(r["threshold"] - threshold) < 1e-12 for r in rows["predictions"])
+
+
+def test_seed_spread_retrains_on_the_pipelines_arrays_and_logs_each_external_look(
+        demo_workspace, repo_root, tmp_path, monkeypatch):
+    """bench/seed_spread.py on the demo run: the pipeline's seed joins as one row, each
+    retrained seed is scored on the dev test and the external set, and every external score
+    is a logged look."""
+    import importlib.util
+
+    import yaml
+
+    work, _ = demo_workspace
+    monkeypatch.syspath_prepend(str(repo_root / "bench"))
+    monkeypatch.setenv("PNEUMOCXR_RESUME_DIR", str(tmp_path / "resume"))
+    spec = importlib.util.spec_from_file_location("seed_spread", repo_root / "bench/seed_spread.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    looks = tmp_path / "looks.jsonl"
+    out = module.main(["--workflow", str(work), "--seeds", "1", "--results", str(work / "results"),
+                       "--workdir", str(tmp_path / "w"), "--looks", str(looks),
+                       "--out", str(tmp_path / "spread.json")])
+    seed = yaml.safe_load((work / "params.yaml").read_text())["seed"]
+    assert [r["seed"] for r in out["seeds"]] == [seed, 1]
+    shipped = json.loads((work / "results/classify/binary/resnet18/metrics.json").read_text())
+    assert out["seeds"][0]["figures"]["dev_test"]["binary_auroc"] == \
+        round(shipped["test"]["auroc"]["value"], 4)
+    assert (tmp_path / "w/seed1/models/three_class/resnet18/best.pt").is_file()
+    logged = [json.loads(line) for line in looks.read_text().splitlines()]
+    assert [(e["set"], e["seed"]) for e in logged] == [("demo_site", 1)]
+    assert logged[0]["chosen_on"].startswith("nothing")
+    auroc = out["spread"]["demo_site"]["binary_auroc"]
+    assert auroc["n"] == 2 and auroc["min"] <= auroc["mean"] <= auroc["max"]
+    assert json.loads((tmp_path / "spread.json").read_text())["spread"] == out["spread"]
