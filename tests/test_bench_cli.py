@@ -98,6 +98,28 @@ def test_recipe_ablation_refuses_a_missing_data_folder(tmp_path, capsys, monkeyp
     assert not (tmp_path / "o.json").exists()
 
 
+def test_knn_shift_names_the_missing_models_of_the_workdir(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    with pytest.raises(SystemExit) as exc:
+        _load("knn_shift").main(["--workdir", str(tmp_path), "--seeds", "7",
+                                 "--out", str(tmp_path / "o.json")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "resnet18_base_seed7/best.pt" in err
+    assert "recipe_ablation.py --variants base" in err and not (tmp_path / "o.json").exists()
+
+
+def test_seed_spread_refuses_a_workflow_without_prepared_arrays(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    (tmp_path / "params.yaml").write_text((BENCH.parent / "params.yaml").read_text())
+    with pytest.raises(SystemExit) as exc:
+        _load("seed_spread").main(["--workflow", str(tmp_path), "--seeds", "1",
+                                   "--workdir", str(tmp_path / "w"),
+                                   "--out", str(tmp_path / "o.json")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "no prepared arrays" in err and "data/processed" in err
+    assert not (tmp_path / "o.json").exists()
+
+
 @pytest.mark.parametrize("name", sorted(p.stem for p in BENCH.glob("*.py") if p.stem != "_common"))
 def test_every_benchmark_script_imports_and_prints_its_usage(name, monkeypatch, capsys):
     """A library rename that breaks a benchmark shows here, not in the next session's run."""
