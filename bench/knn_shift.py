@@ -88,8 +88,9 @@ def rule_predictions(rule: str, emb: dict[str, np.ndarray], y: dict[str, np.ndar
                      knn: dict) -> tuple[dict[str, np.ndarray], dict]:
     """Predictions of one rule on every set, fitted on train and chosen on val."""
     names = ["train", *SETS]
-    x = dict(zip(names, centre(*(emb[n] for n in names)))) if rule.startswith("centred") or \
-        rule == "centroid" else emb
+    x = emb
+    if rule in ("centred", "centred_prior", "centroid"):
+        x = dict(zip(names, centre(*(emb[n] for n in names))))
     ty = y["train"]
     prior = np.bincount(ty) / len(ty)
     if rule == "centroid":
