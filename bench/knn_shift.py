@@ -47,7 +47,7 @@ from pneumocxr.calibration import load_calibration
 from pneumocxr.config import complete
 from pneumocxr.data.arrays import load_split
 from pneumocxr.embed import extract_embeddings
-from pneumocxr.knn import make_classifier, select_knn
+from pneumocxr.knn import CRITERIA, make_classifier, select_knn
 from pneumocxr.logits import probabilities
 from pneumocxr.models import load_model
 from pneumocxr.utils import set_threads
@@ -72,13 +72,13 @@ def prior_predict(clf, x: np.ndarray, prior: np.ndarray) -> np.ndarray:
     return clf.classes_[np.argmax(clf.predict_proba(x) / prior[clf.classes_], axis=1)]
 
 
-def select_prior(train_x, train_y, val_x, val_y, ks, metrics, prior) -> tuple[int, str]:
-    """``select_knn``'s candidates and tie rule with prior-corrected votes."""
-    best = None
-    for k in sorted(ks):
-        for metric in metrics:
-            clf = make_classifier(k, metric).fit(train_x, train_y)
-            score = balanced_accuracy_score(val_y, prior_predict(clf, val_x, prior))
+def select_prior(train_x, train_y, val_x, val_y, knn: dict, prior) -> tuple[int, str]:
+    """``select_knn``'s candidates, criterion and tie rule with prior-corrected votes."""
+    score_fn, best = CRITERIA[knn["select_by"]], None
+    for k in sorted(knn["k"]):
+        for metric in knn["metrics"]:
+            clf = make_classifier(k, metric, knn["weights"]).fit(train_x, train_y)
+            score = score_fn(val_y, prior_predict(clf, val_x, prior))
             if best is None or score > best[0]:
                 best = (score, k, metric)
     return best[1], best[2]
@@ -98,9 +98,8 @@ def rule_predictions(rule: str, emb: dict[str, np.ndarray], y: dict[str, np.ndar
         means /= np.linalg.norm(means, axis=1, keepdims=True)
         return {n: np.argmax(x[n] @ means.T, axis=1) for n in SETS}, {}
     if rule.endswith("prior"):
-        k, metric = select_prior(x["train"], ty, x["val"], y["val"], knn["k"], knn["metrics"],
-                                 prior)
-        clf = make_classifier(k, metric).fit(x["train"], ty)
+        k, metric = select_prior(x["train"], ty, x["val"], y["val"], knn, prior)
+        clf = make_classifier(k, metric, knn["weights"]).fit(x["train"], ty)
         return {n: prior_predict(clf, x[n], prior) for n in SETS}, {"k": k, "metric": metric}
     sel = select_knn(x["train"], ty, x["val"], y["val"], ks=knn["k"], metrics=knn["metrics"],
                      criterion=knn["select_by"], weights=knn["weights"])
