@@ -6,7 +6,8 @@ prepared arrays (``data/processed``: the patient split stays that of ``data.spli
 calibrates each on its val predictions and scores it as the pipeline does: ``evaluate`` on val
 and the dev test (in distribution), ``evaluate_external`` on each prepared external set
 (``data/external/<set>``). Every external set's figures are logged as a look in
-``bench/results/external_looks.jsonl`` (chosen on: nothing; this is a report). With
+``bench/results/external_looks.jsonl`` (chosen on: nothing; this is a report) under the hash
+of the run's ``results/params.json``, as ``external_look.py`` logs the run itself. With
 ``--results`` the pipeline's own run (its seed) joins the table as one more seed.
 
     python bench/seed_spread.py --configfile config/cpu.yaml config/shared.yaml --seeds 1 2 \\
@@ -146,6 +147,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not (processed / "info.json").is_file():
         ap.error(f"--processed {processed}: no prepared arrays (run the pipeline with the same "
                  "--configfile first)")
+    run_params = workflow / "results" / "params.json"
+    if not run_params.is_file():
+        ap.error(f"{run_params}: missing (run the pipeline with the same --configfile first)")
     for name in params["external"]:
         if not (workflow / "results" / "external" / name / "data.json").is_file():
             ap.error(f"external set {name!r}: results/external/{name}/data.json is missing "
@@ -155,7 +159,6 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(args.workdir)
     os.environ.setdefault("PNEUMOCXR_RESUME_DIR", str(work / "resume"))
     arch = params["train"]["archs"][0]
-    resolved = json.dumps(params, sort_keys=True).encode()
     rows = []
     if args.results:
         res = Path(args.results)
@@ -169,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
         run = train_seed(params, processed, work / f"seed{seed}", seed, arch)
         ext = score_external(params, run["files"], workflow, work / f"seed{seed}" / "external")
         for name, m in ext.items():
-            log_look(name, m, resolved, purpose=f"seed spread of the shipped recipe: training "
+            log_look(name, m, run_params.read_bytes(), purpose=f"seed spread of the shipped recipe: training "
                      f"seed {seed}", chosen_on="nothing: a report over seeds",
                      log=Path(args.looks), seed=seed)
         rows.append({"seed": seed, "source": "retrained here",

@@ -98,16 +98,16 @@ def test_seed_spread_retrains_on_the_pipelines_arrays_and_logs_each_external_loo
     """bench/seed_spread.py on the demo run: the pipeline's seed joins as one row, each
     retrained seed is scored on the dev test and the external set, and every external score
     is a logged look."""
-    import importlib.util
+    import hashlib
 
     import yaml
+
+    from test_bench_cli import _load
 
     work, _ = demo_workspace
     monkeypatch.syspath_prepend(str(repo_root / "bench"))
     monkeypatch.setenv("PNEUMOCXR_RESUME_DIR", str(tmp_path / "resume"))
-    spec = importlib.util.spec_from_file_location("seed_spread", repo_root / "bench/seed_spread.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = _load("seed_spread")
     looks = tmp_path / "looks.jsonl"
     out = module.main(["--workflow", str(work), "--seeds", "1", "--results", str(work / "results"),
                        "--workdir", str(tmp_path / "w"), "--looks", str(looks),
@@ -121,6 +121,8 @@ def test_seed_spread_retrains_on_the_pipelines_arrays_and_logs_each_external_loo
     logged = [json.loads(line) for line in looks.read_text().splitlines()]
     assert [(e["set"], e["seed"]) for e in logged] == [("demo_site", 1)]
     assert logged[0]["chosen_on"].startswith("nothing")
+    assert logged[0]["config_sha256"] == hashlib.sha256(
+        (work / "results/params.json").read_bytes()).hexdigest()[:16]   # as the run's own look
     auroc = out["spread"]["demo_site"]["binary_auroc"]
     assert auroc["n"] == 2 and auroc["min"] <= auroc["mean"] <= auroc["max"]
     assert json.loads((tmp_path / "spread.json").read_text())["spread"] == out["spread"]
