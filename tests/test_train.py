@@ -255,6 +255,12 @@ def test_three_class_model_starts_from_the_binary_checkpoint_of_the_same_archite
     ({"3class": {"epochs": 2}}, r"train\.3class: renamed; use train\.three_class"),
     ({"three_class": {"epochs": 0}}, r"train\.three_class\.epochs: 0 is less than"),
     ({"epoch": 3}, r"train\.epoch: unknown key; allowed keys here: .*epochs"),
+    ({"per_arch": {"alexnt": {"lr": 1e-4}}},
+     r"train\.per_arch\.alexnt: unknown key; allowed keys here: alexnet, resnet18, vgg16"),
+    ({"per_arch": {"vgg16": {"archs": ["vgg16"]}}}, r"train\.per_arch\.vgg16\.archs: unknown key"),
+    ({"per_arch": {"vgg16": {"lr": 0}}}, r"train\.per_arch\.vgg16\.lr: 0 is less than or equal"),
+    ({"per_arch": {"alexnet": {"augment": {"ratio": [2, 1]}}}},
+     r"train\.per_arch\.alexnet\.augment\.ratio: \[min, max\] with min <= max"),
 ])
 def test_train_params_out_of_range_are_clear_errors(override, message):
     with pytest.raises(ParamsError, match=message):
@@ -277,6 +283,28 @@ def test_task_overrides_apply_to_their_task_only():
     assert TrainSettings.for_task(p3, "three_class") is p3
     with pytest.raises(ValueError, match="unknown task '3class'"):
         TrainSettings.for_task(params, "3class")
+
+
+def test_architecture_overrides_apply_to_their_architecture_over_the_task():
+    params = {"lr": 2e-3, "three_class": {"lr": 1e-3, "epochs": 3},
+              "per_arch": {"alexnet": {"lr": 2e-4}, "vgg16": {}}}
+    for task in ("binary", "three_class"):
+        assert TrainSettings.for_task(params, task, "alexnet").lr == 2e-4
+        assert TrainSettings.for_task(params, task, "vgg16") == TrainSettings.for_task(params, task)
+    assert TrainSettings.for_task(params, "three_class", "alexnet").epochs == 3   # rest kept
+    assert TrainSettings.for_task(params, "binary", "resnet18").lr == 2e-3      # no block
+    assert TrainSettings.for_task(params, "three_class", "resnet18").lr == 1e-3
+    # the resolved recipe carries no override blocks: it reads back as itself
+    p = TrainSettings.for_task(params, "binary", "alexnet")
+    assert "per_arch" not in p.as_dict() and TrainSettings.for_task(p.as_dict(), "binary") == p
+
+
+def test_fit_reads_the_override_of_the_architecture_it_trains(processed, tmp_path):
+    train, val = _datasets(processed)
+    params = {**FAST, "epochs": 1, "per_arch": {"resnet18": {"lr": 1e-5, "schedule": "constant"}}}
+    fit(train, val, arch="resnet18", task="binary", params=params,
+        model_path=tmp_path / "m.pt", history_path=tmp_path / "h.csv")
+    assert pd.read_csv(tmp_path / "h.csv")["lr"].tolist() == [pytest.approx(1e-5)]
 
 
 def test_input_smaller_than_the_model_minimum_fails_before_training(processed, tmp_path):

@@ -112,11 +112,12 @@ def test_each_stage_depends_on_exactly_the_keys_its_step_reads(repo_root):
     params = {name: [next(iter(k)) if isinstance(k, dict) else k for k in st.get("params", [])]
               for name, st in dvc_stages(repo_root).items()}
     recipe = {f"train.{k}" for k in schema()["properties"]["train"]["properties"]
-              if k not in ("archs", "weights", "binary", "three_class")}
+              if k not in ("archs", "weights", "binary", "three_class", "per_arch")}
+    own = {"train.per_arch.resnet18"}      # its architecture's block, not the others'
     assert set(params["train_binary_resnet18"]) == {"seed", "device", "train.weights",
-                                                    "train.binary"} | recipe
+                                                    "train.binary"} | recipe | own
     assert set(params["train_three_class_resnet18"]) == {"seed", "device",
-                                                         "train.three_class"} | recipe
+                                                         "train.three_class"} | recipe | own
     assert params["calibrate_binary_resnet18"] == ["calibrate"]
     assert set(params["train_autoencoder"]) == {"anomaly.model", "anomaly.train", "seed", "device"}
     assert set(params["evaluate_anomaly"]) == {"anomaly.score", "anomaly.evaluate", "seed", "device"}
@@ -127,6 +128,33 @@ def test_each_stage_depends_on_exactly_the_keys_its_step_reads(repo_root):
     assert set(params["prepare"]) == {"data", "prepare"}           # not the training seed
     assert params["check_params"] == ["params.yaml"]               # every key
     assert not any("progress" in k for ps in params.values() for k in ps)   # display only
+
+
+def test_each_architecture_trains_with_its_own_overrides_and_tracks_no_other(repo_root,
+                                                                             tmp_path, monkeypatch):
+    """With two architectures, each training job is given train.per_arch of its own
+    architecture only: editing AlexNet's learning rate cannot rerun ResNet-18."""
+    from pneumocxr.settings import TrainSettings
+
+    monkeypatch.chdir(repo_root)
+    params = load_params(repo_root / "params.yaml")
+    params["train"]["archs"] = ["resnet18", "alexnet"]
+    params["train"]["per_arch"]["alexnet"] = {"lr": 3e-4, "epochs": 2}
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    specs, _ = workflow_sync.snakemake_jobs(params_file=path)
+    trains = {(s.wildcards["task"], s.wildcards["arch"]): s.params["train"]
+              for s in specs if s.rule.startswith("train_") and "arch" in s.wildcards}
+    assert len(trains) == 4
+    for (task, arch), given in trains.items():
+        assert set(given["per_arch"]) == {arch}, (task, arch)
+        recipe = TrainSettings.for_task(given, task, arch)
+        if arch == "alexnet":
+            assert (recipe.lr, recipe.epochs) == (3e-4, 2)   # over the task's own lr too
+        else:
+            assert recipe.lr == (params["train"]["lr"] if task == "binary"
+                                 else params["train"]["three_class"]["lr"])
+            assert recipe.epochs != 2
 
 
 def test_every_key_a_dvc_stage_tracks_is_written_in_params_yaml(repo_root):

@@ -38,7 +38,9 @@ DISPLAY_KEYS = ("progress",)
 
 #: Task override blocks of ``train``: they accept the recipe keys (everything but these).
 TASK_OVERRIDES = ("binary", "three_class")
-NOT_RECIPE = ("archs", "weights", *TASK_OVERRIDES)
+#: Architecture override block of ``train``: ``per_arch.<arch>`` holds recipe keys too.
+ARCH_OVERRIDES = "per_arch"
+NOT_RECIPE = ("archs", "weights", *TASK_OVERRIDES, ARCH_OVERRIDES)
 
 
 class ParamsError(InputError):
@@ -88,6 +90,13 @@ def _schema() -> dict[str, Any]:
         spec.pop("x-task-overrides")
         spec.update({"additionalProperties": False, "default": {},
                      "properties": _strip_defaults(recipe)})
+    spec = train[ARCH_OVERRIDES]
+    spec.pop("x-arch-overrides")
+    block = {"type": "object", "additionalProperties": False, "default": {},
+             "properties": _strip_defaults(recipe)}
+    archs = train["archs"]["items"]["enum"]
+    spec.update({"additionalProperties": False, "default": {a: {} for a in archs},
+                 "properties": {a: copy.deepcopy(block) for a in archs}})
     return schema
 
 
@@ -203,8 +212,10 @@ def _check_cross_field(params: Mapping[str, Any]) -> None:
               f"prepare.crop ({prep['crop']}) must not exceed prepare.resize ({prep['resize']}): "
               "the center crop is taken from the resized image")
     train = params.get("train") or {}
-    for where, block in [("train", train)] + [(f"train.{t}", train.get(t) or {})
-                                              for t in TASK_OVERRIDES]:
+    blocks = [("train", train)] + [(f"train.{t}", train.get(t) or {}) for t in TASK_OVERRIDES]
+    blocks += [(f"train.{ARCH_OVERRIDES}.{a}", b or {})
+               for a, b in (train.get(ARCH_OVERRIDES) or {}).items()]
+    for where, block in blocks:
         aug = block.get("augment") or {}
         for key in ("scale", "ratio"):
             if key in aug:

@@ -22,7 +22,7 @@ import typing
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Mapping, TypeVar
 
-from .config import TASK_OVERRIDES, complete, deep_merge
+from .config import ARCH_OVERRIDES, TASK_OVERRIDES, complete, deep_merge
 
 T = TypeVar("T", bound="Section")
 
@@ -118,10 +118,11 @@ class TrainSettings(Section):
     select: str
 
     @classmethod
-    def for_task(cls, train: Mapping[str, Any] | TrainSettings | None, task: str
-                 ) -> TrainSettings:
+    def for_task(cls, train: Mapping[str, Any] | TrainSettings | None, task: str,
+                 arch: str | None = None) -> TrainSettings:
         """The recipe of ``task`` (``binary`` or ``three_class``) from the ``train`` section
-        (or the part of it a stage was given: the recipe keys and ``train.<task>``)."""
+        (or the part of it a stage was given: the recipe keys and ``train.<task>``), with
+        ``train.per_arch.<arch>`` over it when ``arch`` is given and has overrides."""
         if isinstance(train, TrainSettings):
             return train
         if task not in TASK_OVERRIDES:
@@ -129,6 +130,8 @@ class TrainSettings(Section):
             raise InputError(f"unknown task {task!r}; expected one of {list(TASK_OVERRIDES)}")
         section = complete("train", train or {})
         merged = deep_merge(section, section[task])
+        if arch is not None:
+            merged = deep_merge(merged, section[ARCH_OVERRIDES].get(arch) or {})
         return cls._build(merged)
 
 

@@ -266,7 +266,8 @@ def fit(
     Returns a summary: best epoch, its val metrics, paths, training seconds.
     """
     class_names = check_task(task)
-    p = TrainSettings.for_task(params, task) if not isinstance(params, TrainSettings) else params
+    p = (TrainSettings.for_task(params, task, arch) if not isinstance(params, TrainSettings)
+         else params)
     for ds in (train, val):
         if list(ds.class_names) != list(class_names):
             raise InputError(f"{ds.name}: classes {ds.class_names} do not match task {task} "
@@ -407,11 +408,11 @@ def run_training(
     ``model`` (best.pt), ``history`` (CSV) and ``val_predictions`` (CSV, for ``calibrate``).
 
     ``train_params`` is the ``train`` section, or the part the stage was given: the recipe
-    keys and ``train.<task>`` (the task's overrides are merged here). ``init`` is where the
+    keys, ``train.<task>`` and ``train.per_arch.<arch>`` (the overrides are merged here). ``init`` is where the
     weights start: ``train.weights`` for the binary model, the binary ``best.pt`` for the
     three-class one.
     """
-    p = TrainSettings.for_task(train_params, task)
+    p = TrainSettings.for_task(train_params, task, arch)
     train, source = load_task_split(processed_dir, "train", task)
     val, _ = load_task_split(processed_dir, "val", task)
     return fit(train, val, arch=arch, task=task, params=p, model_path=outputs["model"],

@@ -24,7 +24,7 @@ rule train_binary:
     params:
         seed=config["seed"],
         device=config["device"],
-        train=train_recipe("binary"),
+        train=lambda w: train_recipe("binary", w.arch),
     script:
         "../scripts/train.py"
 
@@ -45,7 +45,7 @@ use rule train_binary as train_three_class with:
     params:
         seed=config["seed"],
         device=config["device"],
-        train=train_recipe("three_class"),
+        train=lambda w: train_recipe("three_class", w.arch),
 
 
 rule calibrate:

@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from pneumocxr.config import (
+    ARCH_OVERRIDES,
     NOT_RECIPE,
     ParamsError,
     dag_structure,
@@ -71,10 +72,12 @@ def section(name, *keys):
     return pick(*(f"{name}.{k}" for k in keys))[name]
 
 
-def train_recipe(task):
-    """What training a task reads: the shared recipe keys of ``train`` and ``train.<task>``;
-    the binary model also ``train.weights`` (the three-class one starts from the binary)."""
-    keys = [k for k in config["train"] if k not in NOT_RECIPE] + [task]
+def train_recipe(task, arch):
+    """What training a task reads: the shared recipe keys of ``train``, ``train.<task>`` and
+    ``train.per_arch.<arch>`` (no other architecture's block); the binary model also
+    ``train.weights`` (the three-class one starts from the binary)."""
+    keys = [k for k in config["train"] if k not in NOT_RECIPE]
+    keys += [task, f"{ARCH_OVERRIDES}.{arch}"]
     return section("train", *keys, *(["weights"] if task == "binary" else []))
 
 

@@ -6,7 +6,8 @@ Inputs:  processed=data/processed
 Outputs: model=models/{task}/{arch}/best.pt
          history=results/classify/{task}/{arch}/history.csv
          val_predictions=results/classify/{task}/{arch}/val_predictions.csv   (for calibrate)
-Params:  seed, device, train (the recipe keys and train.<task>; train.weights for binary)
+Params:  seed, device, train (the recipe keys, train.<task> and train.per_arch.<arch>;
+         train.weights for binary)
 Resume:  .cache/resume/train/{task}/{arch}/<key>/ (PNEUMOCXR_RESUME_DIR moves it); rerunning
          the same command after an interruption continues from the last finished epoch.
 """
