@@ -85,18 +85,15 @@ def _schema() -> dict[str, Any]:
     schema = yaml.safe_load(text)
     train = schema["properties"]["train"]["properties"]
     recipe = {k: v for k, v in train.items() if k not in NOT_RECIPE}
+    block = {"additionalProperties": False, "default": {}, "properties": _strip_defaults(recipe)}
     for task in TASK_OVERRIDES:
-        spec = train[task]
-        spec.pop("x-task-overrides")
-        spec.update({"additionalProperties": False, "default": {},
-                     "properties": _strip_defaults(recipe)})
-    spec = train[ARCH_OVERRIDES]
-    spec.pop("x-arch-overrides")
-    block = {"type": "object", "additionalProperties": False, "default": {},
-             "properties": _strip_defaults(recipe)}
+        train[task].pop("x-task-overrides")
+        train[task].update(copy.deepcopy(block))
     archs = train["archs"]["items"]["enum"]
-    spec.update({"additionalProperties": False, "default": {a: {} for a in archs},
-                 "properties": {a: copy.deepcopy(block) for a in archs}})
+    train[ARCH_OVERRIDES].pop("x-arch-overrides")
+    train[ARCH_OVERRIDES].update({
+        "additionalProperties": False, "default": {a: {} for a in archs},
+        "properties": {a: {"type": "object", **copy.deepcopy(block)} for a in archs}})
     return schema
 
 

@@ -408,9 +408,9 @@ def run_training(
     ``model`` (best.pt), ``history`` (CSV) and ``val_predictions`` (CSV, for ``calibrate``).
 
     ``train_params`` is the ``train`` section, or the part the stage was given: the recipe
-    keys, ``train.<task>`` and ``train.per_arch.<arch>`` (the overrides are merged here). ``init`` is where the
-    weights start: ``train.weights`` for the binary model, the binary ``best.pt`` for the
-    three-class one.
+    keys, ``train.<task>`` and ``train.per_arch.<arch>`` (the overrides are merged here).
+    ``init`` is where the weights start: ``train.weights`` for the binary model, the binary
+    ``best.pt`` for the three-class one.
     """
     p = TrainSettings.for_task(train_params, task, arch)
     train, source = load_task_split(processed_dir, "train", task)
