@@ -45,7 +45,7 @@ from sklearn.metrics import roc_auc_score
 from _common import REPO, SHARED, machine, write
 from operating_point import PROXY, proxy_images
 from pneumocxr.calibration import run_calibration
-from pneumocxr.config import complete, deep_merge
+from pneumocxr.config import ARCH_OVERRIDES, complete, deep_merge
 from pneumocxr.data.arrays import load_split
 from pneumocxr.data.prepare import prepare
 from pneumocxr.evaluate import run_evaluation
@@ -136,6 +136,14 @@ def compare_to(runs: list[dict], variant: str, reference: str = "base") -> dict:
     return out
 
 
+def variant_recipe(recipe: dict, arch: str, epochs: int, name: str) -> dict:
+    """The ``train`` params of one run: the params.yaml recipe from scratch with the variant's
+    keys and ``--epochs`` as the architecture's overrides, so they win over
+    ``train.per_arch.<arch>`` and ``train.binary`` (set at the top level they would not)."""
+    return deep_merge({**recipe, "archs": [arch], "weights": "none"},
+                      {ARCH_OVERRIDES: {arch: {**VARIANTS[name], "epochs": epochs}}})
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default=str(KERMANY), help="Kaggle-layout Kermany folder")
@@ -178,11 +186,10 @@ def main(argv: list[str] | None = None) -> dict:
     y_proxy = np.tile(val.y_binary, args.copies)
     processing = processing_images(np.tile(val.images, (args.copies, 1, 1)), proxy_seed)
     recipe = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
-    recipe.update({"archs": [args.arch], "weights": "none", "epochs": args.epochs})
     runs = []
     for seed in args.seeds:
         for name in args.variants:
-            train_params = deep_merge(recipe, VARIANTS[name])
+            train_params = variant_recipe(recipe, args.arch, args.epochs, name)
             run_name = f"{args.arch}_{name}_seed{seed}"
             model, res = work / "models" / run_name, work / "results" / run_name
             t0 = time.perf_counter()

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -87,6 +88,23 @@ def test_recipe_ablation_pairs_runs_by_seed_and_applies_the_precision_criteria(m
                       _run("no_hflip", 2, 0.95, 0.90), _run("base", 2, 0.98, 0.92)], "no_hflip")
     assert far["test_auroc"]["mean_delta"] == -0.035
     assert not far["within_tolerance"] and not far["within_seed_spread"]
+
+
+def test_recipe_ablation_variants_win_over_the_architecture_overrides_of_params_yaml(
+        monkeypatch, repo_root):
+    from pneumocxr.settings import TrainSettings
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    variant_recipe = _load("recipe_ablation").variant_recipe
+    recipe = yaml.safe_load((repo_root / "params.yaml").read_text())["train"]
+    recipe["per_arch"]["alexnet"] = {"lr": 1e-4, "epochs": 9}   # what a variant must beat
+    lr = TrainSettings.for_task(variant_recipe(recipe, "alexnet", 3, "lr_2e-4"), "binary", "alexnet")
+    assert (lr.lr, lr.epochs) == (2e-4, 3)
+    base = TrainSettings.for_task(variant_recipe(recipe, "alexnet", 3, "base"), "binary", "alexnet")
+    assert (base.lr, base.epochs) == (1e-4, 3)           # base: the architecture's recipe
+    aug = TrainSettings.for_task(variant_recipe(recipe, "resnet18", 2, "no_hflip"), "binary",
+                                 "resnet18")
+    assert aug.augment.hflip == 0.0 and aug.augment.rotation == recipe["augment"]["rotation"]
 
 
 def test_recipe_ablation_refuses_a_missing_data_folder(tmp_path, capsys, monkeypatch):
