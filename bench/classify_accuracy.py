@@ -182,9 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "load_average_at_end": os.getloadavg()},
         "data": {"root": args.root, "resize": args.resize, "crop": args.crop,
                  "info": json.loads((processed / "info.json").read_text())["counts"]},
-        "params": {"binary": TrainSettings.for_task(train_params, "binary").as_dict(),
-                   "three_class": TrainSettings.for_task(train_params, "three_class").as_dict(),
-                   "calibrate": calibrate_params},
+        "params": {t: TrainSettings.for_task(train_params, t, args.arch).as_dict()
+                   for t in ("binary", "three_class")} | {"calibrate": calibrate_params},
         "seconds": {k: None if v is None else round(v, 1) for k, v in seconds.items()},
         "seconds_total_train_evaluate": round(sum(v for k, v in seconds.items()
                                                   if k != "prepare"), 1),
