@@ -69,6 +69,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # construction and proxy D, another kind of change, is the one to read)
     "acquisition": {"augment": {"gamma": 0.3, "blur": 1.0, "noise": 0.03}},
     "acquisition_ema": {"augment": {"gamma": 0.3, "blur": 1.0, "noise": 0.03}, "ema": 0.99},
+    # fixed before any run (2026-12-03): another field of view and positioning (wider crop
+    # scale and aspect), and class balance by sampling instead of by loss weights
+    "scale_wide": {"augment": {"scale": [0.35, 1.0], "ratio": [0.75, 1.333]}},
+    "balanced_sampler": {"class_weights": "none", "balanced_sampler": True},
 }
 FIGURES = ("val_auroc", "val_accuracy", "proxy_auroc", "proxy_accuracy", "proxy_specificity",
            "processing_auroc", "processing_accuracy", "processing_specificity",
