@@ -160,3 +160,30 @@ def test_aspect_proxy_stretches_each_image_by_its_own_seeded_factor(monkeypatch)
     assert a.shape == images.shape and np.array_equal(a, b)
     widths = [(im[16] > 127).sum() for im in a]
     assert all(6 <= w <= 10 for w in widths) and len(set(widths)) > 1
+
+
+def test_model_comparison_collects_each_model_and_its_training_time(tmp_path):
+    mc = _load("model_comparison")
+    with pytest.raises(SystemExit, match=r"model_comparison\.csv: missing; run the comparison"):
+        mc.collect(tmp_path)
+    classify = tmp_path / "results" / "classify"
+    (classify / "binary" / "vgg16").mkdir(parents=True)
+    head = ("task,arch,model,metric,value,ci_low,ci_high,val_auroc,val_auroc_ci_low,"
+            "val_auroc_ci_high,converged,rank\n")
+    rows = "".join(f"binary,vgg16,vgg16 (64 px),{m},{v},{v - 0.1},{v + 0.01},0.5,0.45,0.55,"
+                   f"False,\n" for m, v in (("accuracy", 0.26), ("auroc", 0.5)))
+    (classify / "model_comparison.csv").write_text(head + rows)
+    (classify / "binary" / "vgg16" / "history.csv").write_text(
+        "epoch,val_auroc\n1,0.5\n2,0.5\n")
+    log = tmp_path / "logs" / "train" / "binary" / "vgg16.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("x INFO pneumocxr.train: binary/vgg16 epoch 1/2: train loss 0.7 | val loss 0.7"
+                   " auroc 0.5 | lr 1e-05 | 268 s, 16.1 img/s *\n"
+                   "x INFO pneumocxr.train: binary/vgg16 epoch 2/2: train loss 0.7 | lr 1e-05 |"
+                   " 241 s, 18.1 img/s\n")
+    models = mc.collect(tmp_path)
+    m = models["binary/vgg16"]
+    assert m["converged"] is False and m["rank"] is None
+    assert m["dev_test"] == {"accuracy": [0.26, 0.16, 0.27], "auroc": [0.5, 0.4, 0.51]}
+    assert m["history"] == [{"epoch": 1.0, "val_auroc": 0.5}, {"epoch": 2.0, "val_auroc": 0.5}]
+    assert m["train_seconds"] == 509.0
