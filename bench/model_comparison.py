@@ -62,11 +62,11 @@ def _run_commit(workdir: Path) -> str:
     try:
         head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.split()
+        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    changed = [f for f in dirty[1::2]]
+    changed = [line[3:] for line in status.splitlines()]
     return head + (f"+uncommitted ({', '.join(changed)})" if changed else "")
 
 
