@@ -37,21 +37,22 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def collect(workdir: Path) -> dict:
     results = workdir / "results" / "classify"
     models: dict[str, dict] = {}
-    for row in _rows(results / "model_comparison.csv"):
+    for row in _rows(results / "model_comparison.csv"):     # one row per (model, metric)
         key = f"{row['task']}/{row['arch']}"
-        m = models.setdefault(key, {
-            "label": row["model"], "converged": row["converged"] == "True",
-            "rank": int(row["rank"]) if row["rank"] else None,
-            "val_auroc": [round(float(row[k]), 4) for k in
-                          ("val_auroc", "val_auroc_ci_low", "val_auroc_ci_high")],
-            "dev_test": {}})
-        m["dev_test"][row["metric"]] = [round(float(row[k]), 4)
-                                        for k in ("value", "ci_low", "ci_high")]
-        m["history"] = [{k: float(v) for k, v in h.items()}
-                        for h in _rows(results / row["task"] / row["arch"] / "history.csv")]
-        log = workdir / "logs" / "train" / row["task"] / f"{row['arch']}.log"
-        seconds = EPOCH_SECONDS.findall(log.read_text()) if log.is_file() else []
-        m["train_seconds"] = float(sum(map(int, seconds))) if seconds else None
+        if key not in models:
+            log = workdir / "logs" / "train" / row["task"] / f"{row['arch']}.log"
+            seconds = EPOCH_SECONDS.findall(log.read_text()) if log.is_file() else []
+            models[key] = {
+                "label": row["model"], "converged": row["converged"] == "True",
+                "rank": int(row["rank"]) if row["rank"] else None,
+                "val_auroc": [round(float(row[k]), 4) for k in
+                              ("val_auroc", "val_auroc_ci_low", "val_auroc_ci_high")],
+                "dev_test": {},
+                "history": [{k: float(v) for k, v in h.items()} for h in
+                            _rows(results / row["task"] / row["arch"] / "history.csv")],
+                "train_seconds": float(sum(map(int, seconds))) if seconds else None}
+        models[key]["dev_test"][row["metric"]] = [round(float(row[k]), 4)
+                                                  for k in ("value", "ci_low", "ci_high")]
     return models
 
 
