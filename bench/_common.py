@@ -14,13 +14,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 
 
-def commit() -> str:
-    """HEAD, with ``+uncommitted`` when the tree has changes."""
+def commit(repo: str | Path = REPO) -> str:
+    """HEAD of ``repo`` (this checkout, or another worktree a run was made in), with
+    ``+uncommitted`` when the tree has changes."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
                               text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=REPO, capture_output=True, text=True,
+                               cwd=repo, capture_output=True, text=True,
                                check=True).stdout.strip()
         return head + ("+uncommitted" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

@@ -15,12 +15,11 @@ import argparse
 import csv
 import re
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write  # noqa: E402
+from _common import commit, write  # noqa: E402
 
 PIPELINE = ("snakemake --cores 2 results/classify/model_comparison.png --configfile "
             "config/compare.yaml config/shared.yaml bench/compare_budget.yaml")
@@ -56,21 +55,6 @@ def collect(workdir: Path) -> dict:
     return models
 
 
-def _run_commit(workdir: Path) -> str:
-    """The commit the comparison ran at (``workdir`` may be another worktree), with
-    ``+uncommitted`` and the changed files when its tree had changes."""
-    git = ["git", "-C", str(workdir)]
-    try:
-        head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    changed = [line[3:] for line in status.splitlines()]
-    return head + (f"+uncommitted ({', '.join(changed)})" if changed else "")
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", default=".", help="where the comparison ran (results/, logs/)")
@@ -83,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
         "CI's lower end above 0.5"))
     args = ap.parse_args(argv)
     workdir = Path(args.workdir)
-    payload = {"pipeline": PIPELINE, "run_commit": _run_commit(workdir), "what": args.what,
+    payload = {"pipeline": PIPELINE, "run_commit": commit(workdir), "what": args.what,
                "models": collect(workdir)}
     out = write(args.out, payload)
     shutil.copyfile(workdir / "results" / "classify" / "model_comparison.png",
