@@ -66,9 +66,9 @@ def test_classify_accuracy_keeps_the_old_3class_flag_spellings_as_aliases():
 
 
 
-def _run(variant: str, seed: int, auroc: float, accuracy: float) -> dict:
+def _run(variant: str, seed: int, auroc: float, accuracy: float, seconds: float = 100.0) -> dict:
     keys = _load("recipe_ablation").FIGURES       # every figure a run records, proxy D's too
-    return {"variant": variant, "seed": seed,
+    return {"variant": variant, "seed": seed, "train_seconds": seconds,
             "figures": {k: auroc if "auroc" in k else accuracy for k in keys}}
 
 
@@ -76,7 +76,7 @@ def test_recipe_ablation_pairs_runs_by_seed_and_applies_the_precision_criteria(m
     monkeypatch.syspath_prepend(str(BENCH))          # the script imports bench/_common.py
     compare_to = _load("recipe_ablation").compare_to
     close = compare_to([_run("fp32", 1, 0.990, 0.93), _run("base", 1, 0.992, 0.93),
-                        _run("fp32", 2, 0.985, 0.92), _run("base", 2, 0.981, 0.91),
+                        _run("fp32", 2, 0.985, 0.92, 150.0), _run("base", 2, 0.981, 0.91),
                         _run("fp32", 3, 0.97, 0.90)], "fp32")      # seed 3: no base twin
     assert close["seeds_paired"] == [1, 2]
     assert close["test_auroc"]["deltas"] == [-0.002, 0.004]
@@ -84,6 +84,7 @@ def test_recipe_ablation_pairs_runs_by_seed_and_applies_the_precision_criteria(m
     assert close["test_auroc"]["reference_spread"] == 0.011
     assert close["within_tolerance"] and close["within_seed_spread"]
     assert close["selection_score_delta"] == 0.001
+    assert close["train_seconds_ratio"] == 1.25                    # paired: (1.0 + 1.5) / 2
     far = compare_to([_run("no_hflip", 1, 0.95, 0.90), _run("base", 1, 0.99, 0.93),
                       _run("no_hflip", 2, 0.95, 0.90), _run("base", 2, 0.98, 0.92)], "no_hflip")
     assert far["test_auroc"]["mean_delta"] == -0.035

@@ -17,7 +17,8 @@ from pneumocxr.config import ParamsError
 from pneumocxr.datasets import ArrayDataset, Augment, gaussian_blur, load_task_split, to_float
 from pneumocxr.logits import read_predictions
 from pneumocxr.settings import CalibrateSettings, TrainSettings
-from pneumocxr.train import HISTORY_COLUMNS, fit, run_training, subsample_by_patient
+from pneumocxr.train import (HISTORY_COLUMNS, fit, progressive_schedule, run_training,
+                             subsample_by_patient)
 
 SUBTYPES = ("normal", "bacteria", "virus")
 METRIC_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -129,8 +130,9 @@ def _same_weights(a: Path, b: Path) -> bool:
 
 
 @pytest.mark.parametrize("params", [{"schedule": "onecycle"}, {"schedule": "step"},
-                                    {"schedule": "onecycle", "ema": 0.9}],
-                         ids=["onecycle", "step", "ema"])
+                                    {"schedule": "onecycle", "ema": 0.9},
+                                    {"input_size": 64, "progressive_scale": 0.5}],
+                         ids=["onecycle", "step", "ema", "progressive"])
 def test_resume_after_a_kill_ends_bitwise_identical_to_an_uninterrupted_run(
         processed, tmp_path, params):
     _fit(processed, tmp_path / "straight", params=params)
@@ -190,6 +192,47 @@ def test_ema_validates_and_saves_the_average_not_the_last_weights(processed, tmp
     assert meta["params"]["ema"] == 0.9
     with pytest.raises(ParamsError, match=r"train\.ema"):
         TrainSettings.for_task({"ema": 1.0}, "binary")
+
+
+def test_progressive_schedule_rounds_the_side_and_the_epochs():
+    def schedule(side, arch="resnet18", **kw):
+        return progressive_schedule(side, TrainSettings.for_task({"epochs": 10, **kw}, "binary"),
+                                    arch)
+
+    assert schedule(128) == (128, 0)                                   # default: off
+    assert schedule(128, progressive_scale=0.75) == (96, 5)
+    assert schedule(64, progressive_scale=0.75, progressive_epochs=0.3) == (48, 3)
+    assert schedule(146, progressive_scale=0.7) == (104, 5)            # 102.2 -> multiple of 8
+    assert schedule(64, progressive_scale=0.1) == (32, 5)              # ResNet-18's minimum
+    assert schedule(32, progressive_scale=0.5) == (32, 0)              # nothing smaller: off
+    assert schedule(128, progressive_scale=0.75, progressive_epochs=0.01) == (128, 0)
+    with pytest.raises(ParamsError, match=r"train\.progressive_epochs"):
+        TrainSettings.for_task({"progressive_epochs": 1.0}, "binary")
+
+
+def test_progressive_resolution_trains_small_first_and_validates_at_full_size(
+        processed, tmp_path, monkeypatch):
+    import pneumocxr.train as train_module
+
+    sides: list[int | None] = []
+    one_epoch = train_module.train_one_epoch
+
+    def spy(*args, **kw):
+        sides.append(kw["input_size"])
+        return one_epoch(*args, **kw)
+
+    monkeypatch.setattr(train_module, "train_one_epoch", spy)
+    full = 64                    # upsampled from the prepared 32 px (ResNet-18's minimum)
+    params = {"epochs": 4, "input_size": full, "progressive_scale": 0.5, "progressive_epochs": 0.5}
+    _fit(processed, tmp_path / "prog", params=params, resume=False)
+    assert sides == [full // 2, full // 2, full, full]
+    meta = load_checkpoint(tmp_path / "prog" / "best.pt")["meta"]
+    assert meta["input_size"] == full and meta["params"]["progressive_scale"] == 0.5
+    sides.clear()
+    _fit(processed, tmp_path / "plain", params={"epochs": 4, "input_size": full}, resume=False)
+    assert sides == [full] * 4
+    prog, plain = (pd.read_csv(tmp_path / r / "history.csv") for r in ("prog", "plain"))
+    assert not np.array_equal(prog["train_loss"], plain["train_loss"])
 
 
 def test_best_pt_holds_weights_and_metadata_but_no_optimizer_state(processed, tmp_path):

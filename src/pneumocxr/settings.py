@@ -114,6 +114,8 @@ class TrainSettings(Section):
     precision: str
     channels_last: bool
     ema: float
+    progressive_scale: float
+    progressive_epochs: float
     eval_batch_size: int
     select: str
 

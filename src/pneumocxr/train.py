@@ -54,7 +54,8 @@ from .errors import InputError, RunError
 from .inference import autocast_dtype, predict_logits
 from .logits import probabilities, write_predictions
 from .losses import build_criterion
-from .models import check_input_size, create_model, default_normalization, normalize
+from .models import (check_input_size, create_model, default_normalization, get_model_spec,
+                     normalize)
 from .settings import TrainSettings
 from .utils import resolve_device, set_determinism
 
@@ -114,6 +115,19 @@ def make_averaged(model: torch.nn.Module, decay: float) -> AveragedModel | None:
     if decay <= 0:
         return None
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def progressive_schedule(input_size: int, p: TrainSettings, arch: str) -> tuple[int, int]:
+    """``(side, epochs)`` of progressive resolution: the first ``epochs`` train at ``side``
+    (``train.progressive_scale`` of ``input_size``, rounded to a multiple of 8 and at least
+    the architecture's minimum), the rest at ``input_size``; ``(input_size, 0)`` when off."""
+    if p.progressive_scale >= 1.0:
+        return input_size, 0
+    side = max(8 * round(input_size * p.progressive_scale / 8), get_model_spec(arch).min_input_size)
+    n_low = round(p.epochs * p.progressive_epochs)
+    if side >= input_size or n_low == 0:
+        return input_size, 0
+    return int(side), int(n_low)
 
 
 def train_one_epoch(
@@ -329,6 +343,11 @@ def fit(
     log.info("training %s/%s: %d train / %d val images, %dx%d px, %s, %s, resume cache %s",
              task, arch, len(train), len(val), input_size, input_size, precision, weights,
              cache.dir)
+    low_side, low_epochs = progressive_schedule(input_size, p, arch)
+    if low_epochs:
+        log.info("progressive resolution: epochs 1-%d train at %dx%d px, the rest at %dx%d px "
+                 "(validation always at %d px)", low_epochs, low_side, low_side, input_size,
+                 input_size, input_size)
     speed: dict[int, float] = {}
 
     def run_epoch(epoch: int) -> tuple[dict[str, float], tuple[float, ...], dict[str, float]]:
@@ -336,9 +355,9 @@ def fit(
         tr = train_one_epoch(
             model, train, criterion, optimizer, normalization=normalization,
             batch_size=p.batch_size, generator=generator, augment=augment,
-            input_size=input_size, scheduler=scheduler if when == "batch" else None,
-            sample_weights=sample_weights, precision=precision,
-            channels_last=p.channels_last, progress=progress, scaler=scaler, averaged=averaged)
+            input_size=low_side if epoch <= low_epochs else input_size,
+            scheduler=scheduler if when == "batch" else None, sample_weights=sample_weights,
+            precision=precision, channels_last=p.channels_last, progress=progress, scaler=scaler, averaged=averaged)
         if when == "epoch":
             scheduler.step()
         logits = predict_logits(evaluated, val, normalization=normalization,
