@@ -106,6 +106,13 @@ def test_recipe_ablation_variants_win_over_the_architecture_overrides_of_params_
     aug = TrainSettings.for_task(variant_recipe(recipe, "resnet18", 2, "no_hflip"), "binary",
                                  "resnet18")
     assert aug.augment.hflip == 0.0 and aug.augment.rotation == recipe["augment"]["rotation"]
+    # the joint head: the three-class task trained with the binary recipe, not the fine-tune's
+    joint = TrainSettings.for_task(variant_recipe(recipe, "resnet18", 6, "joint_three_class"),
+                                   "three_class", "resnet18")
+    binary = TrainSettings.for_task(variant_recipe(recipe, "resnet18", 6, "base"), "binary",
+                                    "resnet18")
+    assert recipe["three_class"]["lr"] != binary.lr
+    assert joint == binary
 
 
 def test_recipe_ablation_refuses_a_missing_data_folder(tmp_path, capsys, monkeypatch):
