@@ -153,8 +153,9 @@ def compare_to(runs: list[dict], variant: str, reference: str = "base") -> dict:
              - by[reference, s]["val_auroc"] - by[reference, s]["proxy_auroc"]) / 2
             for s in seeds), 4)
         secs = {(r["variant"], r["seed"]): r["train_seconds"] for r in runs}
-        out["train_seconds_ratio"] = round(statistics.fmean(
-            secs[variant, s] / secs[reference, s] for s in seeds), 3)
+        timed = [s for s in seeds if secs[variant, s] and secs[reference, s]]
+        out["train_seconds_ratio"] = (round(statistics.fmean(
+            secs[variant, s] / secs[reference, s] for s in timed), 3) if timed else None)
     return out
 
 
@@ -219,12 +220,13 @@ def main(argv: list[str] | None = None) -> dict:
             run_name = f"{args.arch}_{name}_seed{seed}"
             model, res = work / "models" / run_name, work / "results" / run_name
             t0 = time.perf_counter()
-            run_training(processed, {"model": model / "best.pt",
+            summary = run_training(processed, {"model": model / "best.pt",
                                      "history": res / "history.csv",
                                      "val_predictions": res / "val_predictions.csv"},
                          task=task, arch=args.arch, train_params=train_params, seed=seed,
                          device="cpu", init="none", resume_root=work / "resume")
-            seconds = time.perf_counter() - t0
+            # a run (partly) taken from the resume cache has no training time to compare
+            seconds = None if summary["resumed_after"] else time.perf_counter() - t0
             cal = run_calibration(res / "val_predictions.csv", model / "calibration.json",
                                   complete("calibrate", {}))
             metrics = run_evaluation(model / "best.pt", processed,
@@ -259,9 +261,10 @@ def main(argv: list[str] | None = None) -> dict:
                     figures[f"{split}_auroc"] = rates["auroc"]
                     figures[f"{split}_accuracy"] = rates["accuracy"]
             runs.append({"variant": name, "seed": seed, "precision": meta.get("precision"),
-                         "train_seconds": round(seconds, 1),
+                         "train_seconds": None if seconds is None else round(seconds, 1),
                          "figures": {k: round(float(v), 4) for k, v in figures.items()}})
-            logging.info("%s seed %d: %s (%.0f s)", name, seed, runs[-1]["figures"], seconds)
+            logging.info("%s seed %d: %s (%s s)", name, seed, runs[-1]["figures"],
+                         runs[-1]["train_seconds"])
     payload = {
         "what": (f"binary {args.arch} from scratch, recipe variants paired by training seed; "
                  "accuracy and specificity at argmax after the val temperature; test_* is the "

@@ -85,6 +85,8 @@ def test_recipe_ablation_pairs_runs_by_seed_and_applies_the_precision_criteria(m
     assert close["within_tolerance"] and close["within_seed_spread"]
     assert close["selection_score_delta"] == 0.001
     assert close["train_seconds_ratio"] == 1.25                    # paired: (1.0 + 1.5) / 2
+    cached = compare_to([_run("fp32", 1, 0.99, 0.93), _run("base", 1, 0.99, 0.93, None)], "fp32")
+    assert cached["train_seconds_ratio"] is None          # base came from the resume cache
     far = compare_to([_run("no_hflip", 1, 0.95, 0.90), _run("base", 1, 0.99, 0.93),
                       _run("no_hflip", 2, 0.95, 0.90), _run("base", 2, 0.98, 0.92)], "no_hflip")
     assert far["test_auroc"]["mean_delta"] == -0.035

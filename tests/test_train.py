@@ -135,7 +135,7 @@ def _same_weights(a: Path, b: Path) -> bool:
                          ids=["onecycle", "step", "ema", "progressive"])
 def test_resume_after_a_kill_ends_bitwise_identical_to_an_uninterrupted_run(
         processed, tmp_path, params):
-    _fit(processed, tmp_path / "straight", params=params)
+    assert _fit(processed, tmp_path / "straight", params=params)["resumed_after"] == 0
 
     class Killed(Exception):
         pass
@@ -148,8 +148,9 @@ def test_resume_after_a_kill_ends_bitwise_identical_to_an_uninterrupted_run(
         _fit(processed, tmp_path / "killed", params=params, on_epoch_end=kill_after_first)
     assert not (tmp_path / "killed" / "best.pt").exists()
     seen = []
-    _fit(processed, tmp_path / "killed", params=params, on_epoch_end=lambda e, r: seen.append(e))
-    assert seen == [2, 3]  # resumed after the last finished epoch
+    summary = _fit(processed, tmp_path / "killed", params=params,
+                   on_epoch_end=lambda e, r: seen.append(e))
+    assert seen == [2, 3] and summary["resumed_after"] == 1  # after the last finished epoch
     assert _same_weights(tmp_path / "straight" / "best.pt", tmp_path / "killed" / "best.pt")
     h1 = pd.read_csv(tmp_path / "straight" / "history.csv")
     h2 = pd.read_csv(tmp_path / "killed" / "history.csv")

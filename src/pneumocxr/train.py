@@ -277,7 +277,8 @@ def fit(
         resume: continue from the resume cache when it holds a matching state.
         on_epoch_end: called with ``(epoch, history_row)`` after the epoch's state is saved.
 
-    Returns a summary: best epoch, its val metrics, paths, training seconds.
+    Returns a summary: best epoch, its val metrics, paths, training seconds (of the epochs run
+    now) and ``resumed_after``, the epochs taken from the resume cache (0 when none).
     """
     class_names = check_task(task)
     p = (TrainSettings.for_task(params, task, arch) if not isinstance(params, TrainSettings)
@@ -407,7 +408,7 @@ def fit(
              {k: round(v, 4) for k, v in best["metrics"].items()}, model_path)
     return {"best_epoch": best["epoch"], "val": best["metrics"], "model_path": str(model_path),
             "history_path": str(history_path), "resume_dir": str(cache.dir),
-            "seconds": seconds}
+            "seconds": seconds, "resumed_after": res.resumed_after}
 
 
 def run_training(
