@@ -127,7 +127,9 @@ def test_each_stage_depends_on_exactly_the_keys_its_step_reads(repo_root):
                                                        "embed.bootstrap", "seed"}
     assert set(params["prepare"]) == {"data", "prepare"}           # not the training seed
     assert params["check_params"] == ["params.yaml"]               # every key
-    assert not any("progress" in k for ps in params.values() for k in ps)   # display only
+    # display only: the top-level progress key (train.progressive_* are recipe keys)
+    assert not any(k == "progress" or k.endswith(".progress") for ps in params.values() for k in ps)
+    assert "train.progressive_scale" in params["train_binary_resnet18"]
 
 
 def test_each_architecture_trains_with_its_own_overrides_and_tracks_no_other(repo_root,
