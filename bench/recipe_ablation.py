@@ -165,7 +165,8 @@ def variant_recipe(recipe: dict, arch: str, epochs: int, name: str) -> dict:
     ``train.per_arch.<arch>`` and ``train.binary`` (set at the top level they would not)."""
     task = TASKS.get(name, "binary")
     # the binary recipe for every task: train.<task> (the three-class fine-tune's) is cleared
-    return deep_merge({**recipe, "archs": [arch], "weights": "none", task: recipe.get("binary", {})},
+    return deep_merge({**recipe, "archs": [arch], "weights": "none",
+                       task: recipe.get("binary", {})},
                       {ARCH_OVERRIDES: {arch: {**VARIANTS[name], "epochs": epochs}}})
 
 
@@ -220,11 +221,11 @@ def main(argv: list[str] | None = None) -> dict:
             run_name = f"{args.arch}_{name}_seed{seed}"
             model, res = work / "models" / run_name, work / "results" / run_name
             t0 = time.perf_counter()
-            summary = run_training(processed, {"model": model / "best.pt",
-                                     "history": res / "history.csv",
-                                     "val_predictions": res / "val_predictions.csv"},
-                         task=task, arch=args.arch, train_params=train_params, seed=seed,
-                         device="cpu", init="none", resume_root=work / "resume")
+            summary = run_training(
+                processed, {"model": model / "best.pt", "history": res / "history.csv",
+                            "val_predictions": res / "val_predictions.csv"},
+                task=task, arch=args.arch, train_params=train_params, seed=seed, device="cpu",
+                init="none", resume_root=work / "resume")
             # a run (partly) taken from the resume cache has no training time to compare
             seconds = None if summary["resumed_after"] else time.perf_counter() - t0
             cal = run_calibration(res / "val_predictions.csv", model / "calibration.json",

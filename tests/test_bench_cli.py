@@ -66,7 +66,8 @@ def test_classify_accuracy_keeps_the_old_3class_flag_spellings_as_aliases():
 
 
 
-def _run(variant: str, seed: int, auroc: float, accuracy: float, seconds: float = 100.0) -> dict:
+def _run(variant: str, seed: int, auroc: float, accuracy: float,
+         seconds: float | None = 100.0) -> dict:
     keys = _load("recipe_ablation").FIGURES       # every figure a run records, proxy D's too
     return {"variant": variant, "seed": seed, "train_seconds": seconds,
             "figures": {k: auroc if "auroc" in k else accuracy for k in keys}}

@@ -358,7 +358,8 @@ def fit(
             batch_size=p.batch_size, generator=generator, augment=augment,
             input_size=low_side if epoch <= low_epochs else input_size,
             scheduler=scheduler if when == "batch" else None, sample_weights=sample_weights,
-            precision=precision, channels_last=p.channels_last, progress=progress, scaler=scaler, averaged=averaged)
+            precision=precision, channels_last=p.channels_last, progress=progress, scaler=scaler,
+            averaged=averaged)
         if when == "epoch":
             scheduler.step()
         logits = predict_logits(evaluated, val, normalization=normalization,
