@@ -61,6 +61,16 @@ def test_unknown_data_source_is_rejected(repo_root, monkeypatch):
         validate(params)
 
 
+def test_a_joint_head_on_a_source_without_subtypes_is_rejected(repo_root, monkeypatch):
+    monkeypatch.chdir(repo_root)
+    params = load_params("params.yaml")
+    params["data"]["source"] = "medmnist"
+    params["train"]["joint_head"] = True
+    with pytest.raises(ParamsError, match=r"train\.joint_head: true needs bacteria/virus labels, "
+                                          r"and data\.source=medmnist has none"):
+        validate(params)
+
+
 def test_crop_larger_than_resize_is_rejected(repo_root, monkeypatch):
     monkeypatch.chdir(repo_root)
     params = load_params("params.yaml")

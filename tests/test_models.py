@@ -180,3 +180,45 @@ def test_weights_none_as_python_none_builds_from_scratch():
     torch.manual_seed(3)
     b = create_model("resnet18", 2, weights="none")
     assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+
+
+def test_a_folded_classifier_gives_each_group_the_sum_of_its_probabilities():
+    torch.manual_seed(0)
+    model = create_model("resnet18", 3).eval()
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        p3 = model(x).softmax(1)
+        model.set_fold([[0], [1, 2]])
+        p2 = model(x).softmax(1)
+    assert model.num_classes == 2 and model.fc.out_features == 3
+    torch.testing.assert_close(p2[:, 0], p3[:, 0])
+    torch.testing.assert_close(p2[:, 1], p3[:, 1] + p3[:, 2])
+    for bad in ([[0], [1]], [[0, 1, 2]], [[0], [1, 1, 2]], [[0], [], [1, 2]]):
+        with pytest.raises(ValueError, match="must split the 3 head outputs"):
+            model.set_fold(bad)
+
+
+def test_a_folded_checkpoint_loads_as_the_binary_model_and_starts_a_fine_tune(tmp_path):
+    torch.manual_seed(0)
+    joint = create_model("resnet18", 3).eval()
+    path = _save_best(joint, tmp_path / "joint.pt", ("normal", "bacteria", "virus"))
+    ckpt = load_checkpoint(path)
+    meta = {**ckpt["meta"], "class_names": ["normal", "pneumonia"],
+            "head_classes": ["normal", "bacteria", "virus"], "fold": [[0], [1, 2]]}
+    folded = tmp_path / "folded.pt"
+    save_checkpoint(folded, ckpt["model"], meta, kind="classifier")
+    model, _ = load_model(folded, class_names=["normal", "pneumonia"])
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        emb = model.forward_head(model.forward_features(x), pre_logits=True)
+        torch.testing.assert_close(emb, joint.forward_head(joint.forward_features(x),
+                                                           pre_logits=True))
+        torch.testing.assert_close(model(x).softmax(1)[:, 0], joint(x).softmax(1)[:, 0])
+    assert "fold=((0,), (1, 2))" in repr(model)
+    # a fine-tune from it keeps the trunk and, for three classes, the joint head itself
+    again = create_model("resnet18", 3, weights=folded)
+    assert torch.equal(again.fc.weight, joint.fc.weight) and again.fold is None
+    meta["fold"] = [[0], [1]]
+    save_checkpoint(folded, ckpt["model"], meta, kind="classifier")
+    with pytest.raises(ValueError, match=r"folded.pt: fold \[\[0\], \[1\]\] must split"):
+        load_model(folded)

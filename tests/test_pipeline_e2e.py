@@ -126,3 +126,39 @@ def test_seed_spread_retrains_on_the_pipelines_arrays_and_logs_each_external_loo
     auroc = out["spread"]["demo_site"]["binary_auroc"]
     assert auroc["n"] == 2 and auroc["min"] <= auroc["mean"] <= auroc["max"]
     assert json.loads((tmp_path / "spread.json").read_text())["spread"] == out["spread"]
+
+
+def test_the_joint_head_runs_the_binary_stages_on_the_folded_network(repo_root, tmp_path):
+    """train.joint_head on the demo: one three-class network, no binary training; the binary
+    stages (calibrate, evaluate, embed, explain) read its fold as any binary model."""
+    import os
+
+    from test_workflow import copy_workflow, write_overlay
+
+    work = copy_workflow(repo_root, tmp_path / "joint")
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(work / "src"),
+           "PNEUMOCXR_RESUME_DIR": str(work / ".cache/resume")}
+    joint = write_overlay(tmp_path / "joint.yaml", {"train": {"joint_head": True}})
+    targets = ["results/classify/binary/resnet18/metrics.json",
+               "results/classify/three_class/resnet18/metrics.json",
+               "results/embed/binary/resnet18/metrics.json",
+               "results/explain/binary/resnet18/metrics.json"]
+    run([str(BIN / "snakemake"), "--cores", "2", *targets, "--configfile", "config/demo.yaml",
+         str(joint)], work, env=env)
+    assert not (work / "logs/train/binary").exists()
+    assert "folded" in (work / "logs/fold_binary/resnet18.log").read_text()
+    binary = json.loads((work / targets[0]).read_text())
+    three = json.loads((work / targets[1]).read_text())
+    assert binary["folded_from"] == "results/models/three_class/resnet18/best.pt"
+    assert three["folded_from"] is None and three["weights"] == "none"
+    # the folded model's logit margin is log(p(bacteria) + p(virus)) - log p(normal)
+    import numpy as np
+    import pandas as pd
+
+    b = pd.read_csv(work / "results/classify/binary/resnet18/predictions.csv")
+    t = pd.read_csv(work / "results/classify/three_class/resnet18/predictions.csv")
+    assert list(b["file"]) == list(t["file"])
+    assert (b["label"] == (t["label"] > 0)).all()
+    margin = np.logaddexp(t["logit_bacteria"], t["logit_virus"]) - t["logit_normal"]
+    np.testing.assert_allclose(b["logit_pneumonia"] - b["logit_normal"], margin, atol=0.05)
+    assert binary["test"]["auroc"]["value"] > 0.5

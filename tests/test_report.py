@@ -301,3 +301,14 @@ def test_summary_stage_is_in_dvc_yaml_and_make_writes_the_html_report(repo_root)
                               text=True, check=True)
         line = next(x for x in proc.stdout.splitlines() if "snakemake --profile" in x)
         assert " all" in line and "--report-after-run --report results/report.html" in line
+
+
+def test_a_folded_binary_model_is_labelled_as_the_joint_network_it_reads():
+    from pneumocxr.report import weights_label
+
+    assert weights_label("none") == "none (trained from scratch)"
+    assert weights_label("none", "results/models/three_class/resnet18/best.pt") == (
+        "the three-class network folded (joint head, from scratch): "
+        "results/models/three_class/resnet18/best.pt")
+    assert weights_label("imagenet", "m.pt") == (
+        "the three-class network folded (joint head, ImageNet-pretrained, fine-tuned): m.pt")

@@ -329,6 +329,16 @@ def test_task_overrides_apply_to_their_task_only():
         TrainSettings.for_task(params, "3class")
 
 
+def test_the_joint_network_takes_the_binary_recipe_not_the_fine_tunes():
+    params = {"epochs": 5, "binary": {"lr": 5e-3}, "three_class": {"epochs": 2, "lr": 1e-4},
+              "joint_head": True}
+    p3 = TrainSettings.for_task(params, "three_class")
+    assert (p3.epochs, p3.lr) == (5, 5e-3)
+    assert TrainSettings.for_task(params, "binary") == p3
+    with pytest.raises(ParamsError, match=r"train\.three_class\.joint_head: unknown key"):
+        TrainSettings.for_task({"three_class": {"joint_head": True}}, "three_class")
+
+
 def test_architecture_overrides_apply_to_their_architecture_over_the_task():
     params = {"lr": 2e-3, "three_class": {"lr": 1e-3, "epochs": 3},
               "per_arch": {"alexnet": {"lr": 2e-4}, "vgg16": {}}}
@@ -404,6 +414,40 @@ def test_run_training_writes_its_outputs_and_checks_task_and_arch_first(processe
         run_training(processed, bad, task="3class", arch="resnet18", train_params=FAST,
                      device="cpu", resume_root=tmp_path / "resume")
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_joint_network_folds_into_the_binary_model_with_its_val_predictions(processed,
+                                                                             tmp_path):
+    from pneumocxr.inference import predict_logits
+    from pneumocxr.joint import run_fold
+    from pneumocxr.models import load_model
+
+    joint = {"model": tmp_path / "three_class" / "best.pt", "history": tmp_path / "h.csv",
+             "val_predictions": tmp_path / "three_class" / "val_predictions.csv"}
+    run_training(processed, joint, task="three_class", arch="resnet18",
+                 train_params={**FAST, "epochs": 1, "joint_head": True}, device="cpu",
+                 resume_root=tmp_path / "resume")
+    binary = {"model": tmp_path / "binary" / "best.pt",
+              "val_predictions": tmp_path / "binary" / "val_predictions.csv"}
+    val = run_fold(joint["model"], joint["val_predictions"], binary)
+    p3 = read_predictions(joint["val_predictions"], SUBTYPES)
+    p2 = read_predictions(binary["val_predictions"], ("normal", "pneumonia"))
+    probs3 = p3.logits - p3.logits.max(1, keepdims=True)
+    probs3 = np.exp(probs3) / np.exp(probs3).sum(1, keepdims=True)
+    probs2 = np.exp(p2.logits) / np.exp(p2.logits).sum(1, keepdims=True)
+    np.testing.assert_allclose(probs2[:, 1], probs3[:, 1] + probs3[:, 2], rtol=1e-6)
+    assert (p2.labels == (p3.labels > 0)).all() and (p2.files == p3.files).all()
+    assert val["accuracy"] == pytest.approx(float(((probs2[:, 1] >= 0.5) == p2.labels).mean()))
+    # the folded best.pt is the binary model of every later stage, on the binary split
+    model, meta = load_model(binary["model"], class_names=["normal", "pneumonia"])
+    assert (meta["task"], meta["head_classes"], meta["fold"]) == (
+        "binary", list(SUBTYPES), [[0], [1, 2]])
+    val_binary, _ = load_task_split(processed, "val", "binary")
+    logits = predict_logits(model, val_binary, normalization=meta["normalization"])
+    np.testing.assert_allclose(logits, p2.logits, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="folds a three-class checkpoint"):
+        run_fold(binary["model"], binary["val_predictions"], {
+            "model": tmp_path / "again.pt", "val_predictions": tmp_path / "again.csv"})
 
 
 def test_augment_is_seeded_keeps_range_and_disabled_augment_is_identity():

@@ -112,7 +112,7 @@ def test_each_stage_depends_on_exactly_the_keys_its_step_reads(repo_root):
     params = {name: [next(iter(k)) if isinstance(k, dict) else k for k in st.get("params", [])]
               for name, st in dvc_stages(repo_root).items()}
     recipe = {f"train.{k}" for k in schema()["properties"]["train"]["properties"]
-              if k not in ("archs", "weights", "binary", "three_class", "per_arch")}
+              if k not in ("archs", "weights", "joint_head", "binary", "three_class", "per_arch")}
     own = {"train.per_arch.resnet18"}      # its architecture's block, not the others'
     assert set(params["train_binary_resnet18"]) == {"seed", "device", "train.weights",
                                                     "train.binary"} | recipe | own
@@ -237,6 +237,32 @@ def test_demo_dry_run_plans_every_stage(repo_root, tmp_path):
     out = proc.stdout + proc.stderr
     for rule in ("make_demo", "prepare", "check_params", "calibrate"):
         assert rule in out
+
+
+def _dag(out: str) -> tuple[dict[str, str], set[tuple[str, str]]]:
+    """``snakemake --dag`` output -> (job id -> rule name, edges as (from rule, to rule))."""
+    import re
+
+    names = {m[0]: m[1] for m in re.findall(r'^\s*(\d+)\[label = "([a-z_0-9]+)', out, re.M)}
+    edges = {(names[a], names[b]) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", out, re.M)}
+    return names, edges
+
+
+def test_the_joint_head_trains_one_network_and_folds_it_into_the_binary_model(repo_root,
+                                                                           tmp_path):
+    work = copy_workflow(repo_root, tmp_path)
+    joint = write_overlay(tmp_path / "joint.yaml", {"train": {"joint_head": True}})
+    names, edges = _dag(snakemake("--dag", "--configfile", "config/demo.yaml", str(joint),
+                                  cwd=work).stdout)
+    rules = set(names.values())
+    assert "fold_binary" in rules and "train_three_class" in rules
+    assert "train_binary" not in rules
+    # the three-class network starts from train.weights, not from a binary model
+    assert {a for a, b in edges if b == "train_three_class"} == {"prepare"}
+    assert {("train_three_class", "fold_binary"), ("fold_binary", "calibrate"),
+            ("fold_binary", "embed"), ("fold_binary", "explain")} <= edges
+    _, edges = _dag(snakemake("--dag", "--configfile", "config/demo.yaml", cwd=work).stdout)
+    assert ("train_binary", "train_three_class") in edges
 
 
 def test_real_data_dry_run_reads_the_shared_kermany_folder(repo_root, tmp_path, kermany_root):

@@ -40,7 +40,7 @@ DISPLAY_KEYS = ("progress",)
 TASK_OVERRIDES = ("binary", "three_class")
 #: Architecture override block of ``train``: ``per_arch.<arch>`` holds recipe keys too.
 ARCH_OVERRIDES = "per_arch"
-NOT_RECIPE = ("archs", "weights", *TASK_OVERRIDES, ARCH_OVERRIDES)
+NOT_RECIPE = ("archs", "weights", "joint_head", *TASK_OVERRIDES, ARCH_OVERRIDES)
 
 
 class ParamsError(InputError):
@@ -218,6 +218,11 @@ def _check_cross_field(params: Mapping[str, Any]) -> None:
             if key in aug:
                 lo, hi = aug[key]
                 _need(lo <= hi, f"{where}.augment.{key}: [min, max] with min <= max, got {aug[key]}")
+    source = (params.get("data") or {}).get("source")
+    if train.get("joint_head") and source is not None:
+        _need("three_class" in tasks_for_source(source),
+              f"train.joint_head: true needs bacteria/virus labels, and data.source={source} "
+              "has none; set train.joint_head: false")
     ev = params.get("evaluate") or {}
     if "splits" in ev:
         _need({"val", "test"} <= set(ev["splits"]),
@@ -296,10 +301,12 @@ def tasks_for_source(source: str) -> list[str]:
 
 def dag_structure(params: Mapping[str, Any]) -> dict[str, list[str]]:
     """The params that decide which stages exist (not what a stage computes): the
-    architectures and the tasks. Snakemake builds its DAG from them at start-up; dvc.yaml is
-    generated for one value of each, and its stages refuse params that ask for others."""
+    architectures, the tasks and whether the binary model is the folded joint network.
+    Snakemake builds its DAG from them at start-up; dvc.yaml is generated for one value of
+    each, and its stages refuse params that ask for others."""
     return {"archs": list(params["train"]["archs"]),
-            "tasks": tasks_for_source(params["data"]["source"])}
+            "tasks": tasks_for_source(params["data"]["source"]),
+            "joint_head": [str(bool(params["train"].get("joint_head", False))).lower()]}
 
 
 def without_display(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -201,6 +201,8 @@ def evaluate_checkpoint(
         "task": task, "arch": meta["arch"], "class_names": list(class_names),
         "data_source": meta.get("data_source", "unknown"), "input_size": input_size,
         "weights": meta.get("init", "none"), "best_epoch": meta.get("best_epoch"),
+        # train.joint_head: this binary model is the three-class network read in two groups
+        "folded_from": meta.get("folded_from"),
         "temperature": temperature, "operating_threshold": calibration["operating_threshold"],
         "precision": precision, "device": next(model.parameters()).device.type,
         "threads": torch.get_num_threads(),

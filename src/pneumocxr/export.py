@@ -59,7 +59,7 @@ class _Exported(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre = self.model.forward_head(self.model.trunk(x), pre_logits=True)
-        return pre, self.model.fc(pre)
+        return pre, self.model.logits(pre)
 
 
 def default_output(checkpoint: str | Path) -> Path:

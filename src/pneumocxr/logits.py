@@ -2,6 +2,7 @@
 
 * :func:`probabilities` -- softmax of logits divided by a temperature;
 * :func:`pneumonia_score` -- p(pneumonia) = 1 - p(normal) in both tasks (class 0 is normal);
+* :func:`fold_logits` -- logits of groups of classes (a folded classifier's, ``train.joint_head``);
 * :func:`write_predictions` / :func:`read_predictions` -- one split's logits as CSV (training
   writes the selected model's val logits; the ``calibrate`` stage reads them).
 
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy.special import softmax
+from scipy.special import logsumexp, softmax
 
 from .errors import InputError, MissingInputError
 
@@ -34,6 +35,14 @@ def pneumonia_score(probs: np.ndarray) -> np.ndarray:
     return 1.0 - np.asarray(probs)[:, 0]
 
 
+def fold_logits(logits: np.ndarray, fold: Sequence[Sequence[int]]) -> np.ndarray:
+    """One logit per group of ``fold``: the log-sum-exp of its classes' logits, so the softmax
+    of the result is the sum of each group's probabilities (as :class:`pneumocxr.models.
+    Classifier` computes it for a folded checkpoint)."""
+    z = np.asarray(logits, dtype=np.float64)
+    return np.stack([logsumexp(z[:, list(g)], axis=1) for g in fold], axis=1)
+
+
 @dataclass(frozen=True)
 class Predictions:
     """Logits of one split as written by :func:`write_predictions` (rows in split order)."""
@@ -47,15 +56,20 @@ class Predictions:
 
 def write_predictions(path: str | Path, logits: np.ndarray, data: ArrayDataset) -> Path:
     """``file, patient, label, logit_<class>...`` of one split (logits exact: 9 digits)."""
+    n = len(data)
+    return write_predictions_table(path, Predictions(
+        np.asarray(logits), data.labels, tuple(data.class_names),
+        data.meta["file"].to_numpy() if data.meta is not None else np.arange(n),
+        data.patients if data.patients is not None else np.arange(n)))
+
+
+def write_predictions_table(path: str | Path, pred: Predictions) -> Path:
+    """Write ``pred`` in the format of :func:`write_predictions`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    n = len(data)
-    df = pd.DataFrame({
-        "file": data.meta["file"].to_numpy() if data.meta is not None else np.arange(n),
-        "patient": data.patients if data.patients is not None else np.arange(n),
-        "label": data.labels})
-    for i, name in enumerate(data.class_names):
-        df[f"logit_{name}"] = np.asarray(logits)[:, i]
+    df = pd.DataFrame({"file": pred.files, "patient": pred.patients, "label": pred.labels})
+    for i, name in enumerate(pred.class_names):
+        df[f"logit_{name}"] = np.asarray(pred.logits)[:, i]
     df.to_csv(path, index=False, float_format="%.9g")
     return path
 

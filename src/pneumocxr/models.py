@@ -22,6 +22,12 @@ its first input channel(s).
 ``torch.hub`` under ``$TORCH_HOME/hub/checkpoints``) or the path of a ``best.pt`` written by
 :mod:`pneumocxr.train` for the same architecture; when its class count differs (binary weights
 starting the 3-class model) the trunk is kept and a new head is created.
+
+A *folded* classifier (``train.joint_head``) is a three-class network read as a binary one:
+``fold`` groups its head's outputs into classes, and each class's logit is the log-sum-exp of
+its group's, so its softmax is the sum of the group's probabilities (p(pneumonia) =
+p(bacteria) + p(virus)). Its ``best.pt`` is the three-class weights with ``meta["fold"]``
+and ``meta["head_classes"]``; embeddings are the three-class network's.
 """
 
 from __future__ import annotations
@@ -150,6 +156,8 @@ class Classifier(nn.Module):
         num_features: width of the pre-logits embedding. min_input_size: smallest image side.
 
     Input is normalised (see :func:`normalize`); ``forward_features`` checks its shape.
+    ``fold`` (None, or a group of ``fc`` outputs per class) makes it a folded classifier:
+    ``logits`` returns one log-sum-exp per group.
     """
 
     def __init__(self, arch: str, parts: _Parts, in_chans: int, min_input_size: int):
@@ -162,10 +170,22 @@ class Classifier(nn.Module):
         self.pre_logits = parts.pre_logits
         self.fc = parts.fc
         self.num_features = parts.fc.in_features
+        self.fold: tuple[tuple[int, ...], ...] | None = None
 
     @property
     def num_classes(self) -> int:
-        return self.fc.out_features
+        return len(self.fold) if self.fold is not None else self.fc.out_features
+
+    def set_fold(self, fold: Sequence[Sequence[int]] | None) -> None:
+        """Read the head's outputs in groups (see :func:`check_fold`); None undoes it."""
+        self.fold = None if fold is None else check_fold(fold, self.fc.out_features)
+
+    def logits(self, pre: torch.Tensor) -> torch.Tensor:
+        """Class logits of pre-logits embeddings ``pre``: ``fc``, folded when ``fold`` is set."""
+        z = self.fc(pre)
+        if self.fold is None:
+            return z
+        return torch.stack([torch.logsumexp(z[:, list(g)], dim=1) for g in self.fold], dim=1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
@@ -180,7 +200,7 @@ class Classifier(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.pre_logits(self.pool(x))
-        return x if pre_logits else self.fc(x)
+        return x if pre_logits else self.logits(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -189,10 +209,29 @@ class Classifier(nn.Module):
         """Replace ``fc`` by a freshly initialised ``num_features -> num_classes`` layer."""
         device = self.fc.weight.device
         self.fc = nn.Linear(self.num_features, num_classes).to(device)
+        self.fold = None
 
     def extra_repr(self) -> str:
         return (f"arch={self.arch!r}, in_chans={self.in_chans}, num_classes={self.num_classes}, "
-                f"num_features={self.num_features}, min_input_size={self.min_input_size}")
+                f"num_features={self.num_features}, min_input_size={self.min_input_size}"
+                + (f", fold={self.fold}" if self.fold is not None else ""))
+
+
+def check_fold(fold: Sequence[Sequence[int]], head_outputs: int) -> tuple[tuple[int, ...], ...]:
+    """``fold`` as tuples, checked: at least two non-empty groups that together hold each of
+    the ``head_outputs`` indices exactly once."""
+    groups = tuple(tuple(int(i) for i in g) for g in fold)
+    flat = sorted(i for g in groups for i in g)
+    if len(groups) < 2 or any(not g for g in groups) or flat != list(range(head_outputs)):
+        raise InputError(f"fold {[list(g) for g in groups]} must split the {head_outputs} head "
+                         "outputs into at least two non-empty groups, each output in one group")
+    return groups
+
+
+def head_classes(meta: Mapping[str, Any]) -> list[str]:
+    """The classes of a checkpoint's ``fc`` layer: ``meta["head_classes"]`` for a folded
+    classifier, its ``class_names`` otherwise."""
+    return list(meta.get("head_classes") or meta["class_names"])
 
 
 def default_normalization(in_chans: int = 1) -> dict[str, list[float]]:
@@ -318,7 +357,7 @@ def create_model(name: str, num_classes: int = 2, in_chans: int = 1,
     if int(meta.get("in_chans", -1)) != in_chans:
         raise InputError(f"{weights}: checkpoint takes {meta.get('in_chans')} input channels, "
                          f"the model {in_chans}")
-    n_ckpt = len(meta["class_names"])
+    n_ckpt = len(head_classes(meta))
     model = _build(name, n_ckpt, in_chans, False, progress)
     model.load_state_dict(ckpt["model"])
     if n_ckpt != num_classes:
@@ -345,8 +384,16 @@ def load_model(path: str | Path, *, arch: str | None = None,
     if class_names is not None and list(meta["class_names"]) != list(class_names):
         raise InputError(f"{path}: checkpoint classes {meta['class_names']} differ from the "
                          f"task's {list(class_names)}; use the checkpoint of this task")
-    model = _build(meta["arch"], len(meta["class_names"]), int(meta["in_chans"]), False, False)
+    model = _build(meta["arch"], len(head_classes(meta)), int(meta["in_chans"]), False, False)
     model.load_state_dict(ckpt["model"])
+    if meta.get("fold") is not None:
+        try:
+            model.set_fold(meta["fold"])
+        except InputError as err:
+            raise InputError(f"{path}: {err}") from None
+        if len(model.fold) != len(meta["class_names"]):
+            raise InputError(f"{path}: fold has {len(model.fold)} groups for the "
+                             f"{len(meta['class_names'])} classes {meta['class_names']}")
     model.eval()
     return model, meta
 

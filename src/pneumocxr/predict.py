@@ -496,7 +496,7 @@ def torch_forward(model: Classifier, x: torch.Tensor) -> tuple[np.ndarray, np.nd
     model.eval()
     features = model.forward_features(x)
     pre = model.forward_head(features, pre_logits=True)
-    return pre.float().numpy(), model.fc(pre).float().numpy()
+    return pre.float().numpy(), model.logits(pre).float().numpy()
 
 
 def _crops(grays: Sequence[np.ndarray], cfg: PreprocessConfig, clahe: bool) -> np.ndarray:

@@ -248,7 +248,10 @@ def _ci(node: Any) -> dict[str, Any]:
     return {"value": clean(node), "ci_low": None, "ci_high": None}
 
 
-def weights_label(weights: str | None) -> str:
+def weights_label(weights: str | None, folded_from: str | None = None) -> str:
+    if folded_from:
+        start = "from scratch" if weights in (None, "none") else weights_label(weights)
+        return f"the three-class network folded (joint head, {start}): {folded_from}"
     if weights in (None, "none"):
         return "none (trained from scratch)"
     if weights == "imagenet":
@@ -369,7 +372,8 @@ def _classifier(task: str, arch: str, files: Mapping[str, str], *, n_boot: int |
     out: dict[str, Any] = {
         "task": task, "arch": m.get("arch", arch), "class_names": class_names,
         "data_source": m.get("data_source"), "image_size": m.get("input_size"),
-        "weights": m.get("weights"), "weights_label": weights_label(m.get("weights")),
+        "weights": m.get("weights"),
+        "weights_label": weights_label(m.get("weights"), m.get("folded_from")),
         "best_epoch": m.get("best_epoch"),
         "test": {"n_images": n, "n_patients": test.get("n_patients"), "class_counts": counts,
                  "prevalence": 1.0 - counts.get(class_names[0], 0) / n if n else None},

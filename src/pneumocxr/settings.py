@@ -124,14 +124,17 @@ class TrainSettings(Section):
                  arch: str | None = None) -> TrainSettings:
         """The recipe of ``task`` (``binary`` or ``three_class``) from the ``train`` section
         (or the part of it a stage was given: the recipe keys and ``train.<task>``), with
-        ``train.per_arch.<arch>`` over it when ``arch`` is given and has overrides."""
+        ``train.per_arch.<arch>`` over it when ``arch`` is given and has overrides. With
+        ``train.joint_head`` the three-class network is the one model trained from scratch, so
+        it takes the binary recipe: ``train.binary``, not ``train.three_class``."""
         if isinstance(train, TrainSettings):
             return train
         if task not in TASK_OVERRIDES:
             from .errors import InputError
             raise InputError(f"unknown task {task!r}; expected one of {list(TASK_OVERRIDES)}")
         section = complete("train", train or {})
-        merged = deep_merge(section, section[task])
+        recipe_of = "binary" if task == "three_class" and section["joint_head"] else task
+        merged = deep_merge(section, section[recipe_of])
         if arch is not None:
             merged = deep_merge(merged, section[ARCH_OVERRIDES].get(arch) or {})
         return cls._build(merged)

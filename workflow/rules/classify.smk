@@ -1,6 +1,14 @@
 # Classification: binary (normal vs pneumonia), then the three-class fine-tune (normal /
-# bacteria / virus) started from the same architecture's binary weights; the operating point
-# fitted on each model's val predictions; evaluation; model comparison.
+# bacteria / virus) started from the same architecture's binary weights; or, with
+# train.joint_head, one three-class network and the binary model its fold (fold_binary). Then
+# the operating point fitted on each model's val predictions; evaluation; model comparison.
+
+
+def history_of(wildcards):
+    """The training curves of a task's model: the joint network's for both with the joint
+    head (the binary model is not trained on its own)."""
+    task = "three_class" if JOINT else wildcards.task
+    return f"results/classify/{task}/{wildcards.arch}/history.csv"
 
 
 rule train_binary:
@@ -32,7 +40,7 @@ rule train_binary:
 use rule train_binary as train_three_class with:
     input:
         processed=PROCESSED,
-        init=f"{MODELS}/binary/{{arch}}/best.pt",
+        **({} if JOINT else {"init": f"{MODELS}/binary/{{arch}}/best.pt"}),
         code=code("train.py"),
     output:
         model=f"{MODELS}/{{task,three_class}}/{{arch}}/best.pt",
@@ -46,6 +54,30 @@ use rule train_binary as train_three_class with:
         seed=config["seed"],
         device=config["device"],
         train=lambda w: train_recipe("three_class", w.arch),
+
+
+if JOINT:
+    # the binary model is the joint network folded: no binary training (train_binary never
+    # runs; this rule makes its model and val predictions)
+    ruleorder: fold_binary > train_binary
+
+    rule fold_binary:
+        input:
+            model=f"{MODELS}/three_class/{{arch}}/best.pt",
+            val_predictions="results/classify/three_class/{arch}/val_predictions.csv",
+            code=code("fold_binary.py"),
+        output:
+            model=f"{MODELS}/binary/{{arch}}/best.pt",
+            val_predictions="results/classify/binary/{arch}/val_predictions.csv",
+        log:
+            "logs/fold_binary/{arch}.log",
+        conda:
+            ENV
+        threads: 1
+        resources:
+            mem_mb=2000,
+        script:
+            "../scripts/fold_binary.py"
 
 
 rule calibrate:
@@ -72,7 +104,7 @@ rule evaluate_binary:
         model=f"{MODELS}/{{task}}/{{arch}}/best.pt",
         calibration=f"{MODELS}/{{task}}/{{arch}}/calibration.json",
         processed=PROCESSED,
-        history="results/classify/{task}/{arch}/history.csv",
+        history=history_of,
         code=code("evaluate.py"),
     output:
         metrics="results/classify/{task,binary}/{arch}/metrics.json",

@@ -42,6 +42,9 @@ ARCHS = STRUCTURE["archs"]
 # Sources without bacteria/virus subtypes (medmnist) have no three-class task: its stages are
 # left out of `all` (with a message), never run on wrong labels.
 TASKS = STRUCTURE["tasks"]
+# train.joint_head: the binary model is the joint three-class network folded (fold_binary),
+# not a network of its own, and the three-class network is trained from train.weights.
+JOINT = STRUCTURE["joint_head"] == ["true"]
 if "three_class" not in TASKS:
     logger.warning(
         f"data.source={DATA_SOURCE} has no bacteria/virus subtypes: "
@@ -75,8 +78,12 @@ def section(name, *keys):
 def train_recipe(task, arch):
     """What training a task reads: the shared recipe keys of ``train``, ``train.<task>`` and
     ``train.per_arch.<arch>`` (no other architecture's block); the binary model also
-    ``train.weights`` (the three-class one starts from the binary)."""
+    ``train.weights`` (the three-class one starts from the binary). With ``train.joint_head``
+    only the three-class network is trained, from ``train.weights`` with ``train.binary``."""
     keys = [k for k in config["train"] if k not in NOT_RECIPE]
+    if JOINT:
+        return section("train", *keys, "binary", f"{ARCH_OVERRIDES}.{arch}", "weights",
+                       "joint_head")
     keys += [task, f"{ARCH_OVERRIDES}.{arch}"]
     return section("train", *keys, *(["weights"] if task == "binary" else []))
 
