@@ -36,6 +36,7 @@ from pneumocxr.calibration import run_calibration
 from pneumocxr.config import load_params
 from pneumocxr.evaluate import run_evaluation
 from pneumocxr.external import ClassifierFiles, run_external_evaluation
+from pneumocxr.joint import run_fold
 from pneumocxr.train import run_training
 from pneumocxr.utils import set_threads
 
@@ -87,18 +88,26 @@ def spread(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def train_seed(params: dict, processed: Path, work: Path, seed: int, arch: str) -> dict:
-    """Train, calibrate and evaluate (val, dev test) both tasks with one training seed."""
+    """Train, calibrate and evaluate (val, dev test) both tasks with one training seed, as the
+    pipeline does: binary then the three-class fine-tune, or with ``train.joint_head`` the
+    three-class network and its fold."""
     train = params["train"]
     files, dev, seconds = {}, {}, {}
     init = train["weights"]
-    for task in TASKS:
+    joint = bool(train.get("joint_head"))
+    for task in (tuple(reversed(TASKS)) if joint else TASKS):
         model = work / "models" / task / arch / "best.pt"
         res = work / "results" / task / arch
         t0 = time.perf_counter()
-        run_training(processed, {"model": model, "history": res / "history.csv",
-                                 "val_predictions": res / "val_predictions.csv"},
-                     task=task, arch=arch, train_params=train, seed=seed, device="cpu",
-                     init=init, resume_root=work / "resume")
+        outputs = {"model": model, "val_predictions": res / "val_predictions.csv"}
+        if joint and task == "binary":
+            three = work / "models" / "three_class" / arch / "best.pt"
+            run_fold(three, work / "results" / "three_class" / arch / "val_predictions.csv",
+                     outputs)
+        else:
+            run_training(processed, {**outputs, "history": res / "history.csv"},
+                         task=task, arch=arch, train_params=train, seed=seed, device="cpu",
+                         init=init, resume_root=work / "resume")
         seconds[task] = round(time.perf_counter() - t0, 1)
         calibration = model.parent / "calibration.json"
         run_calibration(res / "val_predictions.csv", calibration, params["calibrate"])
