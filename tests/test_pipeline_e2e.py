@@ -135,7 +135,9 @@ def test_the_joint_head_runs_the_binary_stages_on_the_folded_network(repo_root, 
 
     from test_workflow import copy_workflow, write_overlay
 
-    work = copy_workflow(repo_root, tmp_path / "joint")
+    work = tmp_path / "joint"
+    work.mkdir()
+    copy_workflow(repo_root, work)
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(work / "src"),
            "PNEUMOCXR_RESUME_DIR": str(work / ".cache/resume")}
     joint = write_overlay(tmp_path / "joint.yaml", {"train": {"joint_head": True}})

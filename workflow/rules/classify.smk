@@ -4,13 +4,6 @@
 # the operating point fitted on each model's val predictions; evaluation; model comparison.
 
 
-def history_of(wildcards):
-    """The training curves of a task's model: the joint network's for both with the joint
-    head (the binary model is not trained on its own)."""
-    task = "three_class" if JOINT else wildcards.task
-    return f"results/classify/{task}/{wildcards.arch}/history.csv"
-
-
 rule train_binary:
     input:
         processed=PROCESSED,

@@ -88,6 +88,13 @@ def train_recipe(task, arch):
     return section("train", *keys, *(["weights"] if task == "binary" else []))
 
 
+def history_of(wildcards):
+    """The training curves of a task's model: the joint network's for both with
+    ``train.joint_head`` (the binary model is not trained on its own)."""
+    task = "three_class" if JOINT else wildcards.task
+    return f"results/classify/{task}/{wildcards.arch}/history.csv"
+
+
 def code(script):
     """The library modules ``workflow/scripts/<script>`` imports (its import closure within
     src/pneumocxr), as inputs: editing one reruns exactly the steps that run it."""
