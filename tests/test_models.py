@@ -222,3 +222,13 @@ def test_a_folded_checkpoint_loads_as_the_binary_model_and_starts_a_fine_tune(tm
     save_checkpoint(folded, ckpt["model"], meta, kind="classifier")
     with pytest.raises(ValueError, match=r"folded.pt: fold \[\[0\], \[1\]\] must split"):
         load_model(folded)
+
+
+def test_a_fold_whose_groups_do_not_match_the_classes_is_refused_naming_the_file(tmp_path):
+    joint = create_model("resnet18", 3)
+    meta = {"arch": "resnet18", "task": "binary", "class_names": ["normal", "pneumonia"],
+            "head_classes": ["normal", "bacteria", "virus"], "fold": [[0], [1], [2]],
+            "in_chans": 1, "input_size": 32, "normalization": {"mean": [0.449], "std": [0.226]}}
+    path = save_checkpoint(tmp_path / "folded.pt", joint.state_dict(), meta, kind="classifier")
+    with pytest.raises(ValueError, match=r"folded.pt: fold has 3 groups for the 2 classes"):
+        load_model(path)
