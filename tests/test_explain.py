@@ -182,6 +182,17 @@ def test_gradcam_works_on_a_registry_classifier_and_leaves_no_gradients_behind()
     assert len(model.model.trunk._forward_hooks) == 0
 
 
+def test_the_explained_model_equalizes_its_input_when_the_checkpoint_says_so():
+    from pneumocxr.models import normalize
+    torch.manual_seed(0)
+    net = create_model("resnet18", 2).eval()
+    norm = {**default_normalization(1), "equalize": True}
+    x = torch.rand(2, 1, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(ImageModel(net, norm)(x), net(normalize(x, norm)))
+        assert not torch.allclose(ImageModel(net, default_normalization(1))(x), net(normalize(x, norm)))
+
+
 @pytest.mark.parametrize(
     "arch", ["resnet18", "alexnet", pytest.param("vgg16", marks=pytest.mark.slow)])
 def test_gradcam_and_occlusion_run_on_every_registry_architecture(arch):

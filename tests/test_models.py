@@ -232,3 +232,24 @@ def test_a_fold_whose_groups_do_not_match_the_classes_is_refused_naming_the_file
     path = save_checkpoint(tmp_path / "folded.pt", joint.state_dict(), meta, kind="classifier")
     with pytest.raises(ValueError, match=r"folded.pt: fold has 3 groups for the 2 classes"):
         load_model(path)
+
+
+def test_equalize_is_the_same_under_an_increasing_intensity_map_and_keeps_the_range():
+    from pneumocxr.models import equalize, normalize
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 67, (3, 1, 16, 16), generator=g).float() * 3 / 255   # levels 3 apart
+    eq = equalize(x)
+    assert eq.shape == x.shape and float(eq.min()) > 0 and float(eq.max()) < 1
+    # exposure and gamma that keep the 8-bit levels apart: the same equalized image
+    mapped = ((x * 255 * 1.2 + 10).clamp(0, 255) / 255) ** 0.8
+    assert torch.allclose(equalize((mapped * 255).round() / 255), eq, atol=1e-6)
+    # every image on its own: a constant image becomes 0.5, whatever its neighbours
+    both = equalize(torch.cat([torch.full((1, 1, 16, 16), 0.3), x[:1]]))
+    assert torch.all(both[0] == 0.5) and torch.equal(both[1:], eq[:1])
+    # the order of values is kept (ties stay ties)
+    flat, out = x[0].flatten(), eq[0].flatten()
+    i, j = torch.argsort(flat)[:-1], torch.argsort(flat)[1:]
+    assert torch.all(out[j] >= out[i])
+    norm = {"mean": [0.5], "std": [0.25]}
+    assert torch.equal(normalize(x, {**norm, "equalize": True}), (eq - 0.5) / 0.25)
+    assert torch.equal(normalize(x, norm), (x - 0.5) / 0.25)

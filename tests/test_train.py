@@ -236,6 +236,34 @@ def test_progressive_resolution_trains_small_first_and_validates_at_full_size(
     assert not np.array_equal(prog["train_loss"], plain["train_loss"])
 
 
+def test_equalize_travels_with_the_weights_and_a_start_checkpoint_must_match_it(processed,
+                                                                              tmp_path):
+    from pneumocxr.inference import predict_logits
+
+    eq = {"epochs": 1, "equalize": True}
+    _fit(processed, tmp_path / "binary", params=eq, resume=False)
+    meta = load_checkpoint(tmp_path / "binary" / "best.pt")["meta"]
+    assert meta["normalization"]["equalize"] is True and meta["params"]["equalize"] is True
+    # the model answers the same under an increasing change of the intensities
+    from pneumocxr.models import load_model
+    net, _ = load_model(tmp_path / "binary" / "best.pt")
+    val, _ = load_task_split(processed, "val", "binary")
+    gamma = np.clip(255 * (val.images / 255.0) ** 1.3, 0, 255).round().astype(np.uint8)
+    run = [predict_logits(net, x, normalization=meta["normalization"], input_size=32)
+           for x in (val.images, gamma)]
+    plain = predict_logits(net, gamma, normalization={k: v for k, v in meta["normalization"].items()
+                                                      if k != "equalize"}, input_size=32)
+    assert np.abs(run[0] - run[1]).max() < 0.05 * np.abs(run[0]).max()
+    assert np.abs(run[0] - plain).max() > np.abs(run[0] - run[1]).max()
+    init = tmp_path / "binary" / "best.pt"
+    _fit(processed, tmp_path / "tc", task="three_class", params=eq, init=init, resume=False)
+    assert load_checkpoint(tmp_path / "tc" / "best.pt")["meta"]["normalization"]["equalize"]
+    with pytest.raises(ValueError, match=r"best\.pt: checkpoint trained with equalize True but "
+                                         r"train\.equalize is False"):
+        _fit(processed, tmp_path / "tc2", task="three_class", params={"epochs": 1}, init=init,
+             resume=False)
+
+
 def test_best_pt_holds_weights_and_metadata_but_no_optimizer_state(processed, tmp_path):
     from pneumocxr.inference import predict_logits
     from pneumocxr.models import load_model

@@ -241,8 +241,26 @@ def default_normalization(in_chans: int = 1) -> dict[str, list[float]]:
     return {"mean": list(GRAY_MEAN) * in_chans, "std": list(GRAY_STD) * in_chans}
 
 
+def equalize(x: torch.Tensor, bins: int = 256) -> torch.Tensor:
+    """Histogram equalization of each image and channel of ``x`` (N, C, H, W) in [0, 1]: every
+    value becomes the mid-rank of its bin among the image's ``bins`` levels, in (0, 1). The
+    result is the same under any increasing map of the intensities (exposure, contrast,
+    gamma, window and level) that keeps the levels apart; deterministic (a histogram, no sort)."""
+    n, c, h, w = x.shape
+    q = (x.detach().float().clamp(0, 1) * (bins - 1)).round().long().reshape(n * c, h * w)
+    offset = torch.arange(n * c, device=x.device).unsqueeze(1) * bins
+    counts = torch.bincount((q + offset).reshape(-1), minlength=n * c * bins)
+    counts = counts.reshape(n * c, bins).to(torch.float64)
+    below = torch.cumsum(counts, dim=1) - counts
+    mid = (below + counts / 2) / float(h * w)
+    return mid.gather(1, q).reshape(n, c, h, w).to(x.dtype)
+
+
 def normalize(x: torch.Tensor, normalization: dict[str, Any]) -> torch.Tensor:
-    """``(x - mean) / std`` per channel, for ``x`` (N, C, H, W) in [0, 1]."""
+    """``(x - mean) / std`` per channel, for ``x`` (N, C, H, W) in [0, 1]; with
+    ``normalization["equalize"]`` true, of the :func:`equalize`-d image (``train.equalize``)."""
+    if normalization.get("equalize"):
+        x = equalize(x)
     mean = torch.as_tensor(normalization["mean"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     std = torch.as_tensor(normalization["std"], dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
     return (x - mean) / std

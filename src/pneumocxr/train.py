@@ -311,6 +311,13 @@ def fit(
                 f"initialise {arch!r}; use the {arch} checkpoint (models/binary/{arch}/best.pt)")
     normalization = (dict(init_meta["normalization"]) if init_meta and "normalization" in init_meta
                      else default_normalization(1))
+    if init_meta is None and p.equalize:
+        normalization["equalize"] = True
+    elif bool(normalization.get("equalize", False)) != p.equalize:
+        raise InputError(
+            f"{weights}: checkpoint trained with equalize "
+            f"{bool(normalization.get('equalize', False))} but train.equalize is {p.equalize}; "
+            f"set the same value for both tasks (or retrain the start checkpoint)")
     recipe = p.as_dict()
     key_parts = {
         "task": task, "arch": arch, "seed": seed, "params": recipe, "device": dev.type,

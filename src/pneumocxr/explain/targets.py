@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..models import equalize
 
 Target = Callable[[torch.Tensor], torch.Tensor]
 
@@ -43,7 +44,8 @@ class ClassifierOutputSoftmaxTarget:
 
 
 class ImageModel(nn.Module):
-    """``model((x - mean) / std)`` for images ``x`` in [0, 1]: what explainers perturb.
+    """``model((x - mean) / std)`` for images ``x`` in [0, 1]: what explainers perturb (of the
+    equalized image when ``normalization["equalize"]``, as :func:`pneumocxr.models.normalize`).
 
     Args:
         model: a classifier taking normalised input (a :class:`pneumocxr.models.Classifier`).
@@ -61,8 +63,11 @@ class ImageModel(nn.Module):
         self.model = model
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
+        self.equalize = bool(normalization.get("equalize", False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.equalize:
+            x = equalize(x)
         return self.model((x - self.mean) / self.std)
 
 
