@@ -177,6 +177,27 @@ def variant_recipe(recipe: dict, arch: str, epochs: int, name: str) -> dict:
                       {ARCH_OVERRIDES: {arch: {**VARIANTS[name], "epochs": epochs}}})
 
 
+def reference_runs(args: argparse.Namespace, error) -> dict[int, dict]:
+    """seed -> base run of ``--reference-from``, each file checked to be of this setting."""
+    out: dict[int, dict] = {}
+    for path in args.reference_from:
+        try:
+            earlier = json.loads(Path(path).read_text())
+            data, copies = earlier["data"], earlier["proxy"]["copies"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            error(f"--reference-from {path}: not a result of this script ({exc})")
+        mine = {"resize": args.resize, "crop": args.crop, "epochs": args.epochs}
+        theirs = {k: data.get(k) for k in mine}
+        if theirs != mine or copies != args.copies or not earlier["what"].startswith(
+                f"binary {args.arch} "):
+            error(f"--reference-from {path}: runs of {theirs}, {copies} proxy copies "
+                  f"({earlier['what'][:30]}...), not of {mine}, {args.copies} copies, {args.arch}")
+        for run in earlier["runs"]:
+            if run["variant"] == "base" and run["seed"] in args.seeds:
+                out[run["seed"]] = {**run, "from": str(path)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--root", default=str(KERMANY), help="Kaggle-layout Kermany folder")
@@ -191,12 +212,19 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-boot", type=int, default=200)
     ap.add_argument("--workdir", default=None, help="default: a temporary folder")
+    ap.add_argument("--reference-from", nargs="+", default=[], metavar="JSON",
+                    help="take the base runs of these earlier results (same data size, epochs, "
+                         "arch and proxy) instead of training them again; with base also in "
+                         "--variants, the base runs are retrained and compared with these")
     ap.add_argument("--out", required=True, help="JSON summary to write")
     args = ap.parse_args(argv)
     if not Path(args.root).is_dir():
         ap.error(f"--root {args.root}: no such folder (the shared Kermany copy)")
-    if "base" not in args.variants:
-        ap.error("--variants: every variant is paired with base; include it")
+    reference = reference_runs(args, ap.error)
+    missing = [s for s in args.seeds if s not in reference]
+    if "base" not in args.variants and missing:
+        ap.error(f"--variants: every variant is paired with base; include it or give "
+                 f"--reference-from results with base runs of seeds {missing}")
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if not machine()["native_bf16"]:
@@ -220,8 +248,10 @@ def main(argv: list[str] | None = None) -> dict:
     y_proxy = np.tile(val.y_binary, args.copies)
     processing = processing_images(np.tile(val.images, (args.copies, 1, 1)), proxy_seed)
     recipe = yaml.safe_load((REPO / "params.yaml").read_text())["train"]
-    runs = []
+    runs, reproduced = [], {}
     for seed in args.seeds:
+        if seed in reference and "base" not in args.variants:
+            runs.append(reference[seed])
         for name in args.variants:
             train_params = variant_recipe(recipe, args.arch, args.epochs, name)
             task = TASKS.get(name, "binary")
@@ -273,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "figures": {k: round(float(v), 4) for k, v in figures.items()}})
             logging.info("%s seed %d: %s (%s s)", name, seed, runs[-1]["figures"],
                          runs[-1]["train_seconds"])
+            if name == "base" and seed in reference:
+                reproduced[seed] = runs[-1]["figures"] == reference[seed]["figures"]
     payload = {
         "what": (f"binary {args.arch} from scratch, recipe variants paired by training seed; "
                  "accuracy and specificity at argmax after the val temperature; test_* is the "
@@ -289,6 +321,8 @@ def main(argv: list[str] | None = None) -> dict:
         "tasks": {v: TASKS.get(v, "binary") for v in args.variants},
         "selection": "mean of val and proxy AUROC, paired by seed against base",
         "runs": runs,
+        "reference_from": args.reference_from,
+        "reference_reproduced": reproduced,
         "against_base": {v: compare_to(runs, v) for v in args.variants if v != "base"},
     }
     write(args.out, payload)

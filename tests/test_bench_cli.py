@@ -127,6 +127,31 @@ def test_recipe_ablation_refuses_a_missing_data_folder(tmp_path, capsys, monkeyp
     assert not (tmp_path / "o.json").exists()
 
 
+def test_recipe_ablation_takes_base_runs_only_from_results_of_the_same_setting(
+        tmp_path, capsys, monkeypatch):
+    import json
+    monkeypatch.syspath_prepend(str(BENCH))
+    main = _load("recipe_ablation").main
+    (tmp_path / "root").mkdir()
+    earlier = {"what": "binary resnet18 from scratch", "proxy": {"copies": 2},
+               "data": {"resize": 146, "crop": 128, "epochs": 10},
+               "runs": [{"variant": "base", "seed": 1, "figures": {}}]}
+    (tmp_path / "e.json").write_text(json.dumps(earlier))
+    (tmp_path / "bad.json").write_text("{")
+    common = ["--root", str(tmp_path / "root"), "--out", str(tmp_path / "o.json"),
+              "--variants", "equalize"]
+    cases = [(["--reference-from", str(tmp_path / "e.json")],      # 64 px, 6 epochs by default
+              "runs of {'resize': 146, 'crop': 128, 'epochs': 10}"),
+             (["--reference-from", str(tmp_path / "bad.json")], "bad.json: not a result"),
+             (["--resize", "146", "--crop", "128", "--epochs", "10", "--seeds", "1", "2",
+               "--reference-from", str(tmp_path / "e.json")], "base runs of seeds [2]")]
+    for flags, message in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(common + flags)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o.json").exists()
+
+
 def test_knn_shift_names_the_missing_models_of_the_workdir(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     with pytest.raises(SystemExit) as exc:
