@@ -93,6 +93,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # gains >= 0.002, val AUROC loses no more than 0.002 and proxy D's AUROC does not fall
     # (mean paired deltas over the 3 seeds)
     "equalize": {"equalize": True},
+    # fixed before any run (2026-12-04): mixup with Beta(0.2, 0.2), the usual small-data
+    # strength; the standard rule (criterion >= +0.002, proxy D AUROC no loss beyond its
+    # seed spread)
+    "mixup_0.2": {"mixup": 0.2},
 }
 #: variants trained for another task than binary (their binary figures fold its probabilities)
 TASKS = {"joint_three_class": "three_class"}

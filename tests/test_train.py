@@ -195,6 +195,37 @@ def test_ema_validates_and_saves_the_average_not_the_last_weights(processed, tmp
         TrainSettings.for_task({"ema": 1.0}, "binary")
 
 
+def test_mixup_trains_on_blended_pairs_seeded_like_every_other_draw(processed, tmp_path,
+                                                                   monkeypatch):
+    import pneumocxr.train as train_module
+
+    seen: list[torch.Tensor] = []
+    for name in ("a", "b"):
+        _fit(processed, tmp_path / name, params={"epochs": 2, "mixup": 0.2}, resume=False)
+    assert _same_weights(tmp_path / "a" / "best.pt", tmp_path / "b" / "best.pt")
+    _fit(processed, tmp_path / "plain", params={"epochs": 2}, resume=False)
+    assert not _same_weights(tmp_path / "a" / "best.pt", tmp_path / "plain" / "best.pt")
+    # the batches the network is trained on are blends: not the augmented images themselves
+    train, _ = _datasets(processed)
+    net = train_module.create_model("resnet18", 2)
+    real = net.forward
+    monkeypatch.setattr(net, "forward", lambda x: (seen.append(x.detach().clone()), real(x))[1])
+    crit = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    args = dict(normalization={"mean": [0.0], "std": [1.0]}, batch_size=8)
+    train_module.train_one_epoch(net, train, crit, opt, generator=torch.Generator().manual_seed(0),
+                                 **args)
+    plain = seen[:]
+    seen.clear()
+    train_module.train_one_epoch(net, train, crit, opt, generator=torch.Generator().manual_seed(0),
+                                 mixup=0.2, **args)
+    assert len(seen) == len(plain) and not any(torch.equal(a, b) for a, b in zip(seen, plain))
+    for x, p in zip(seen, plain):       # inside the range of its own batch
+        assert float(x.min()) >= float(p.min()) - 1e-6 and float(x.max()) <= float(p.max()) + 1e-6
+    with pytest.raises(ParamsError, match=r"train\.mixup"):
+        TrainSettings.for_task({"mixup": -0.1}, "binary")
+
+
 def test_progressive_schedule_rounds_the_side_and_the_epochs():
     def schedule(side, arch="resnet18", **kw):
         return progressive_schedule(side, TrainSettings.for_task({"epochs": 10, **kw}, "binary"),

@@ -114,6 +114,7 @@ class TrainSettings(Section):
     precision: str
     channels_last: bool
     ema: float
+    mixup: float
     equalize: bool
     progressive_scale: float
     progressive_epochs: float

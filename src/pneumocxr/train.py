@@ -148,9 +148,13 @@ def train_one_epoch(
     progress: bool = False,
     scaler: torch.amp.GradScaler | None = None,
     averaged: AveragedModel | None = None,
+    mixup: float = 0.0,
 ) -> dict[str, float]:
     """One epoch over ``data`` (last incomplete batch dropped); ``scheduler`` steps per batch;
     ``scaler`` scales the loss (fp16 on CUDA); ``averaged`` is updated after every step.
+    ``mixup`` > 0 trains on mixup pairs (Zhang et al. 2018): each batch is blended with a
+    shuffled copy of itself by ``lam ~ Beta(mixup, mixup)`` and the loss is the same blend of
+    the two labels' losses; the pairs and ``lam`` come from ``generator``.
 
     Returns mean loss, accuracy, images seen, seconds and images/s.
     """
@@ -171,9 +175,16 @@ def train_one_epoch(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = yb.to(device)
+        if mixup > 0:
+            lam = float(np.random.default_rng(
+                int(torch.randint(2**31, (1,), generator=generator))).beta(mixup, mixup))
+            pair = torch.randperm(len(y), generator=generator).to(device)
+            x = lam * x + (1.0 - lam) * x[pair]
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             logits = model(x)
         loss = criterion(logits.float(), y)
+        if mixup > 0:
+            loss = lam * loss + (1.0 - lam) * criterion(logits.float(), y[pair])
         if not torch.isfinite(loss):
             raise RunError(f"training diverged: loss is {loss.item()} (lower train.lr)")
         optimizer.zero_grad(set_to_none=True)
@@ -366,7 +377,7 @@ def fit(
             input_size=low_side if epoch <= low_epochs else input_size,
             scheduler=scheduler if when == "batch" else None, sample_weights=sample_weights,
             precision=precision, channels_last=p.channels_last, progress=progress, scaler=scaler,
-            averaged=averaged)
+            averaged=averaged, mixup=p.mixup)
         if when == "epoch":
             scheduler.step()
         logits = predict_logits(evaluated, val, normalization=normalization,
