@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
@@ -116,6 +117,9 @@ def test_recipe_ablation_variants_win_over_the_architecture_overrides_of_params_
                                     "resnet18")
     assert recipe["three_class"]["lr"] != binary.lr
     assert joint == binary
+    longer = TrainSettings.for_task(variant_recipe(recipe, "resnet18", 6, "joint_three_class_2x"),
+                                    "three_class", "resnet18")
+    assert longer == dataclasses.replace(binary, epochs=12)
 
 
 def test_recipe_ablation_refuses_a_missing_data_folder(tmp_path, capsys, monkeypatch):
