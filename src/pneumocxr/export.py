@@ -2,7 +2,8 @@
 
 ``pneumocxr export results/models/binary/resnet18/best.pt`` writes ``best.onnx`` beside the
 checkpoint: input ``input`` float32 (N, in_chans, S, S), normalised as in training
-(``meta["normalization"]``; ``S = meta["input_size"]``; N dynamic), outputs ``embedding``
+(``meta["normalization"]``, histogram-equalized first where it says ``equalize``:
+:func:`pneumocxr.models.normalize`; ``S = meta["input_size"]``; N dynamic), outputs ``embedding``
 (N, D, the pre-logits features the k-NN index was built from) and ``logits`` (N, C). The file's
 metadata records the checkpoint's SHA-256, so a stale export (the model was retrained) is
 refused instead of silently used. Export uses PyTorch's TorchScript-based exporter
