@@ -102,11 +102,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # today's two models); the standard rule (criterion >= +0.002, proxy D no loss beyond
     # its seed spread)
     "joint_three_class_2x": {},
+    # fixed before any run (2026-12-04): the binary recipe with twice the epochs, to tell what
+    # the joint network's extra epochs give from what the joint head gives; it doubles the
+    # binary training time, so it is a measurement, not a candidate for adoption
+    "base_2x": {},
 }
 #: variants trained for another task than binary (their binary figures fold its probabilities)
 TASKS = {"joint_three_class": "three_class", "joint_three_class_2x": "three_class"}
 #: variants trained for a multiple of --epochs
-EPOCH_FACTOR = {"joint_three_class_2x": 2}
+EPOCH_FACTOR = {"joint_three_class_2x": 2, "base_2x": 2}
 FIGURES = ("val_auroc", "val_accuracy", "proxy_auroc", "proxy_accuracy", "proxy_specificity",
            "processing_auroc", "processing_accuracy", "processing_specificity",
            "test_auroc", "test_accuracy")
