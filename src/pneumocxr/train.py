@@ -182,9 +182,10 @@ def train_one_epoch(
             x = lam * x + (1.0 - lam) * x[pair]
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             logits = model(x)
-        loss = criterion(logits.float(), y)
+        scores = logits.float()
+        loss = criterion(scores, y)
         if mixup > 0:
-            loss = lam * loss + (1.0 - lam) * criterion(logits.float(), y[pair])
+            loss = lam * loss + (1.0 - lam) * criterion(scores, y[pair])
         if not torch.isfinite(loss):
             raise RunError(f"training diverged: loss is {loss.item()} (lower train.lr)")
         optimizer.zero_grad(set_to_none=True)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..models import equalize
+from ..models import normalize
 
 Target = Callable[[torch.Tensor], torch.Tensor]
 
@@ -44,8 +44,8 @@ class ClassifierOutputSoftmaxTarget:
 
 
 class ImageModel(nn.Module):
-    """``model((x - mean) / std)`` for images ``x`` in [0, 1]: what explainers perturb (of the
-    equalized image when ``normalization["equalize"]``, as :func:`pneumocxr.models.normalize`).
+    """``model(normalize(x))`` for images ``x`` in [0, 1]: what explainers perturb
+    (:func:`pneumocxr.models.normalize`, so with the checkpoint's equalization too).
 
     Args:
         model: a classifier taking normalised input (a :class:`pneumocxr.models.Classifier`).
@@ -61,14 +61,10 @@ class ImageModel(nn.Module):
             raise InputError(f"normalization needs one mean and one positive std per channel, "
                              f"got {normalization}")
         self.model = model
-        self.register_buffer("mean", mean, persistent=False)
-        self.register_buffer("std", std, persistent=False)
-        self.equalize = bool(normalization.get("equalize", False))
+        self.normalization = dict(normalization)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.equalize:
-            x = equalize(x)
-        return self.model((x - self.mean) / self.std)
+        return self.model(normalize(x, self.normalization))
 
 
 def resolve_targets(targets: Target | Sequence[Target] | None, n: int,
