@@ -27,6 +27,10 @@ loses nothing on proxy D.
 
     python bench/knn_shift.py --workdir /tmp/knn --seeds 1 2 3 \\
         --out bench/results/knn_shift_64px.json
+
+``--variants base cosine_head_16`` scores each variant's models (``recipe_ablation.py``'s
+``models/<arch>_<variant>_seed<N>/``) and adds, per variant, the paired (by seed) change
+against ``base`` of each rule's criterion and of the head-to-k-NN gap.
 """
 
 from __future__ import annotations
@@ -154,11 +158,37 @@ def summarise(per_seed: dict[int, dict]) -> dict:
     return rows
 
 
+def versus_base(per_variant: dict[str, dict[int, dict]], variant: str) -> dict:
+    """Paired (by seed) ``variant`` - ``base``: each rule's criterion, the shipped k-NN's
+    proxy-D accuracy, and the gap between the head and the shipped k-NN on val and proxy A."""
+    seeds = sorted(set(per_variant[variant]) & set(per_variant["base"]))
+
+    def crit(run: dict, rule: str) -> float:
+        return (run[rule]["val"]["accuracy"] + run[rule]["proxy"]["accuracy"]) / 2
+
+    def mean_delta(fn) -> float:
+        return round(statistics.fmean(fn(per_variant[variant][s]) - fn(per_variant["base"][s])
+                                      for s in seeds), 4)
+
+    out = {"seeds_paired": seeds}
+    for rule in ("head", *RULES):
+        out[f"{rule}_criterion_delta"] = mean_delta(lambda r, rule=rule: crit(r, rule))
+    out["shipped_processing_accuracy_delta"] = mean_delta(
+        lambda r: r["shipped"]["processing"]["accuracy"])
+    out["head_minus_shipped_gap_delta"] = mean_delta(
+        lambda r: crit(r, "head") - crit(r, "shipped"))
+    out["adopt_for_knn"] = bool(out["shipped_criterion_delta"] > 0.01
+                                and out["shipped_processing_accuracy_delta"] >= 0)
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", required=True,
                     help="a recipe_ablation.py --workdir (processed/ and models/ inside)")
     ap.add_argument("--arch", default="resnet18")
+    ap.add_argument("--variants", nargs="+", default=["base"],
+                    help="recipe_ablation.py variants whose models to score (base first)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--copies", type=int, default=2, help="proxy copies of each val image")
     ap.add_argument("--batch-size", type=int, default=128)
@@ -167,11 +197,15 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     work = Path(args.workdir)
     processed = work / "processed"
-    models = {s: work / "models" / f"{args.arch}_base_seed{s}" / "best.pt" for s in args.seeds}
+    if args.variants[0] != "base":
+        ap.error("--variants: base comes first (the others are compared with it)")
+    models = {(v, s): work / "models" / f"{args.arch}_{v}_seed{s}" / "best.pt"
+              for v in args.variants for s in args.seeds}
     missing = [str(p) for p in models.values() if not p.is_file()]
     if not (processed / "info.json").is_file() or missing:
         ap.error(f"--workdir {work}: needs processed/info.json and {missing or 'the models'} "
-                 "(run bench/recipe_ablation.py --variants base with that --workdir first)")
+                 f"(run bench/recipe_ablation.py --variants {' '.join(args.variants)} with "
+                 "that --workdir first)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     set_threads(args.threads)
     splits = {n: load_split(processed, n, "plain") for n in ("train", "val", "test")}
@@ -185,12 +219,15 @@ def main(argv: list[str] | None = None) -> dict:
     y = {n: np.asarray(splits[n].y_binary) for n in ("train", "val", "test")}
     y["proxy"] = y["processing"] = np.tile(y["val"], args.copies)
     knn = complete("embed", {})["knn"]
-    per_seed = {s: one_model(models[s], images, y, knn, args.batch_size) for s in args.seeds}
+    per_variant = {v: {s: one_model(models[v, s], images, y, knn, args.batch_size)
+                       for s in args.seeds} for v in args.variants}
+    per_seed = per_variant["base"]
     payload = {
         "what": (f"binary {args.arch} (recipe_ablation.py base models), k-NN rules on the "
                  "penultimate embeddings against the head; accuracy at argmax; test is the "
                  "in-distribution dev test; the shifted held-out set is not read"),
-        "workdir_models": {s: str(p) for s, p in models.items()},
+        "workdir_models": {f"{v}_seed{s}": str(p) for (v, s), p in models.items()},
+        "variants": args.variants,
         "threads": torch.get_num_threads(),
         "knn_candidates": knn,
         "proxy": {"definition": PROXY, "copies": args.copies, "seed": proxy_seed},
@@ -200,6 +237,10 @@ def main(argv: list[str] | None = None) -> dict:
         "per_seed": per_seed,
         "summary": summarise(per_seed),
     }
+    for v in args.variants[1:]:
+        payload.setdefault("variants_per_seed", {})[v] = per_variant[v]
+        payload.setdefault("variants_summary", {})[v] = {
+            "rules": summarise(per_variant[v]), "versus_base": versus_base(per_variant, v)}
     write(args.out, payload)
     print(json.dumps(payload["summary"], indent=1))
     return payload

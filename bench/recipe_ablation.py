@@ -106,6 +106,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the joint network's extra epochs give from what the joint head gives; it doubles the
     # binary training time, so it is a measurement, not a candidate for adoption
     "base_2x": {},
+    # fixed before any run (2026-12-04): a cosine head of scale 16 (train.cosine_head), so the
+    # head reads the embedding's direction as the cosine k-NN does, against the k-NN's loss
+    # under a shift. Two rules, fixed before: for the head, the standard one (criterion >=
+    # +0.002, proxy D no loss beyond its seed spread); for the k-NN goal, knn_shift.py
+    # --variants base cosine_head_16: the shipped k-NN's criterion (mean of val and proxy-A
+    # accuracy) gains > 1 point and its proxy-D accuracy does not fall, while the head's
+    # criterion loses no more than 0.002 and its proxy-D AUROC no more than its seed spread
+    "cosine_head_16": {"cosine_head": 16.0},
 }
 #: variants trained for another task than binary (their binary figures fold its probabilities)
 TASKS = {"joint_three_class": "three_class", "joint_three_class_2x": "three_class"}

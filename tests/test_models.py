@@ -253,3 +253,46 @@ def test_equalize_is_the_same_under_an_increasing_intensity_map_and_keeps_the_ra
     norm = {"mean": [0.5], "std": [0.25]}
     assert torch.equal(normalize(x, {**norm, "equalize": True}), (eq - 0.5) / 0.25)
     assert torch.equal(normalize(x, norm), (x - 0.5) / 0.25)
+
+
+def test_a_cosine_head_reads_only_the_embedding_direction_and_round_trips(tmp_path):
+    from pneumocxr.models import CosineHead
+    torch.manual_seed(0)
+    model = create_model("resnet18", 2, cosine_head=16.0).eval()
+    assert isinstance(model.fc, CosineHead) and model.cosine_scale == 16.0
+    emb = torch.randn(4, model.num_features)
+    z = model.logits(emb)
+    # the length of the embedding does not change the logits, which stay within the scale
+    assert torch.allclose(model.logits(3.0 * emb), z, atol=1e-5)
+    assert float(z.detach().abs().max()) <= 16.0 + 1e-4
+    w = torch.nn.functional.normalize(model.fc.weight, dim=1)
+    cos = torch.nn.functional.normalize(emb, dim=1) @ w.T
+    assert torch.allclose(z, 16.0 * cos, atol=1e-5)
+    # meta["cosine_head"] rebuilds the same head; a linear meta cannot load its weights
+    path = _save_best(model, tmp_path / "best.pt")
+    ckpt = load_checkpoint(path)
+    save_checkpoint(path, ckpt["model"], {**ckpt["meta"], "cosine_head": 16.0},
+                    kind="classifier")
+    loaded, _ = load_model(path)
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert isinstance(loaded.fc, CosineHead) and torch.equal(loaded(x), model(x))
+    linear = _save_best(model, tmp_path / "as_linear.pt")
+    with pytest.raises(ValueError, match=r"as_linear\.pt: weights do not fit a resnet18 with a "
+                                         r"linear head"):
+        load_model(linear)
+    # a fine-tune from it keeps the trunk and gets a new head of the kind asked for
+    three = create_model("resnet18", 3, weights=path, cosine_head=16.0)
+    assert isinstance(three.fc, CosineHead) and three.fc.out_features == 3
+    assert torch.equal(three.trunk[0].weight, model.trunk[0].weight)
+    assert isinstance(create_model("resnet18", 2, weights=path).fc, torch.nn.Linear)
+    with pytest.raises(ValueError, match="cosine_head must be 0"):
+        create_model("resnet18", 2, cosine_head=-1.0)
+
+
+def test_the_linear_head_default_draws_the_same_weights_as_before():
+    torch.manual_seed(3)
+    a = create_model("resnet18", 2)
+    torch.manual_seed(3)
+    net = torchvision.models.resnet18(weights=None, num_classes=2)
+    assert torch.equal(a.fc.weight, net.fc.weight) and isinstance(a.fc, torch.nn.Linear)

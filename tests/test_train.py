@@ -295,6 +295,30 @@ def test_equalize_travels_with_the_weights_and_a_start_checkpoint_must_match_it(
              resume=False)
 
 
+def test_a_cosine_head_is_trained_saved_fine_tuned_and_exported(processed, tmp_path):
+    from pneumocxr.models import CosineHead, load_model
+
+    cos = {"epochs": 1, "cosine_head": 16.0}
+    res = _fit(processed, tmp_path / "binary", params=cos, resume=False)
+    meta = load_checkpoint(tmp_path / "binary" / "best.pt")["meta"]
+    assert meta["cosine_head"] == 16.0 and 0.0 <= res["val"]["auroc"] <= 1.0
+    net, _ = load_model(tmp_path / "binary" / "best.pt")
+    assert isinstance(net.fc, CosineHead)
+    init = tmp_path / "binary" / "best.pt"
+    _fit(processed, tmp_path / "tc", task="three_class", params=cos, init=init, resume=False)
+    tc, tc_meta = load_model(tmp_path / "tc" / "best.pt")
+    assert isinstance(tc.fc, CosineHead) and tc.fc.out_features == 3
+    assert tc_meta["cosine_head"] == 16.0
+    # the linear default records 0 and builds a linear head
+    _fit(processed, tmp_path / "lin", params={"epochs": 1}, resume=False)
+    assert load_checkpoint(tmp_path / "lin" / "best.pt")["meta"]["cosine_head"] == 0.0
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from pneumocxr.export import export_onnx
+    report = export_onnx(init, tmp_path / "binary.onnx")
+    assert report["check"]["max_abs_diff_probabilities"] <= 1e-4
+
+
 def test_best_pt_holds_weights_and_metadata_but_no_optimizer_state(processed, tmp_path):
     from pneumocxr.inference import predict_logits
     from pneumocxr.models import load_model

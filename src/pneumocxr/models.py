@@ -28,6 +28,11 @@ A *folded* classifier (``train.joint_head``) is a three-class network read as a 
 its group's, so its softmax is the sum of the group's probabilities (p(pneumonia) =
 p(bacteria) + p(virus)). Its ``best.pt`` is the three-class weights with ``meta["fold"]``
 and ``meta["head_classes"]``; embeddings are the three-class network's.
+
+``fc`` is a linear layer, or with ``cosine_head`` > 0 (``train.cosine_head``) a
+:class:`CosineHead`: the scaled cosine between the embedding and each class's weight vector,
+so the head reads the embedding's direction only, as a cosine k-NN does. ``meta["cosine_head"]``
+records the scale (0 or absent: linear).
 """
 
 from __future__ import annotations
@@ -87,6 +92,29 @@ class _Parts:
     pool: nn.Module
     pre_logits: nn.Module
     fc: nn.Linear
+
+
+class CosineHead(nn.Module):
+    """``scale * cos(w_c, f)`` for each class ``c``: the L2-normalised embedding times the
+    L2-normalised class weights (NormFace, Wang et al. 2017), no bias. The logits are bounded by
+    ``scale``; the class is decided by the embedding's direction, not its length."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float):
+        super().__init__()
+        if not scale > 0:
+            raise InputError(f"a cosine head needs a scale above 0, got {scale}")
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.weight = nn.Parameter(torch.empty(self.out_features, self.in_features))
+        nn.init.normal_(self.weight, std=0.01)
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = F.normalize(self.weight, dim=1)
+        return F.linear(F.normalize(x, dim=1), w.to(x.dtype)) * self.scale.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"scale={float(self.scale):g}")
 
 
 _REGISTRY: dict[str, tuple[ModelSpec, Callable[[nn.Module], _Parts]]] = {}
@@ -205,10 +233,19 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace ``fc`` by a freshly initialised ``num_features -> num_classes`` layer."""
+    @property
+    def cosine_scale(self) -> float:
+        """The scale of a :class:`CosineHead` ``fc``; 0.0 for a linear one."""
+        return float(self.fc.scale) if isinstance(self.fc, CosineHead) else 0.0
+
+    def reset_classifier(self, num_classes: int, cosine_scale: float | None = None) -> None:
+        """Replace ``fc`` by a freshly initialised ``num_features -> num_classes`` layer:
+        linear when ``cosine_scale`` is 0, a :class:`CosineHead` of that scale when above, the
+        current kind when None."""
         device = self.fc.weight.device
-        self.fc = nn.Linear(self.num_features, num_classes).to(device)
+        scale = self.cosine_scale if cosine_scale is None else float(cosine_scale)
+        self.fc = (CosineHead(self.num_features, num_classes, scale) if scale > 0
+                   else nn.Linear(self.num_features, num_classes)).to(device)
         self.fold = None
 
     def extra_repr(self) -> str:
@@ -226,6 +263,11 @@ def check_fold(fold: Sequence[Sequence[int]], head_outputs: int) -> tuple[tuple[
         raise InputError(f"fold {[list(g) for g in groups]} must split the {head_outputs} head "
                          "outputs into at least two non-empty groups, each output in one group")
     return groups
+
+
+def head_scale(meta: Mapping[str, Any]) -> float:
+    """The cosine-head scale of a checkpoint (``meta["cosine_head"]``); 0.0 for a linear head."""
+    return float(meta.get("cosine_head") or 0.0)
 
 
 def head_classes(meta: Mapping[str, Any]) -> list[str]:
@@ -326,7 +368,7 @@ def _imagenet_state_dict(name: str, progress: bool) -> dict[str, torch.Tensor]:
 
 
 def _build(name: str, num_classes: int, in_chans: int, pretrained: bool,
-           progress: bool) -> Classifier:
+           progress: bool, cosine_scale: float = 0.0) -> Classifier:
     spec, split = _REGISTRY[name]
     if pretrained:
         net = torchvision.models.get_model(name, weights=None)
@@ -335,13 +377,14 @@ def _build(name: str, num_classes: int, in_chans: int, pretrained: bool,
         net = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
     _adapt_stem(net, spec, in_chans, pretrained)
     model = Classifier(name, split(net), in_chans, spec.min_input_size)
-    if model.num_classes != num_classes:
-        model.reset_classifier(num_classes)
+    if model.num_classes != num_classes or cosine_scale > 0:
+        model.reset_classifier(num_classes, cosine_scale)
     return model
 
 
 def create_model(name: str, num_classes: int = 2, in_chans: int = 1,
-                 weights: str | Path | None = "none", *, progress: bool = False) -> Classifier:
+                 weights: str | Path | None = "none", *, progress: bool = False,
+                 cosine_head: float = 0.0) -> Classifier:
     """Build architecture ``name`` with a ``num_classes``-way head for ``in_chans``-channel input.
 
     Args:
@@ -351,6 +394,8 @@ def create_model(name: str, num_classes: int = 2, in_chans: int = 1,
             and ``in_chans`` (a differing class count gets a new, randomly initialised head;
             use that checkpoint's ``meta["normalization"]`` for its input).
         progress: show the download progress bar.
+        cosine_head: 0 for a linear head, else the scale of a :class:`CosineHead`. A
+            checkpoint's head of another kind or scale is replaced by a new one of this kind.
 
     Raises:
         ValueError: unknown architecture, ``num_classes < 2``, ``in_chans < 1``, or a checkpoint
@@ -362,10 +407,13 @@ def create_model(name: str, num_classes: int = 2, in_chans: int = 1,
     if int(in_chans) < 1:
         raise InputError(f"in_chans must be at least 1, got {in_chans}")
     weights = "none" if weights is None else str(weights)
+    cosine_head = float(cosine_head)
+    if cosine_head < 0:
+        raise InputError(f"cosine_head must be 0 (linear head) or above, got {cosine_head}")
     if weights == "none":
-        return _build(name, num_classes, in_chans, False, progress)
+        return _build(name, num_classes, in_chans, False, progress, cosine_head)
     if weights == "imagenet":
-        return _build(name, num_classes, in_chans, True, progress)
+        return _build(name, num_classes, in_chans, True, progress, cosine_head)
     ckpt = load_checkpoint(weights, kind="classifier")
     meta = ckpt["meta"]
     if meta.get("arch") != name:
@@ -376,13 +424,18 @@ def create_model(name: str, num_classes: int = 2, in_chans: int = 1,
         raise InputError(f"{weights}: checkpoint takes {meta.get('in_chans')} input channels, "
                          f"the model {in_chans}")
     n_ckpt = len(head_classes(meta))
-    model = _build(name, n_ckpt, in_chans, False, progress)
+    model = _build(name, n_ckpt, in_chans, False, progress, head_scale(meta))
     model.load_state_dict(ckpt["model"])
-    if n_ckpt != num_classes:
-        log.info("%s: kept the %s trunk of %s (%d classes); new %d-way head", name, name,
-                 weights, n_ckpt, num_classes)
-        model.reset_classifier(num_classes)
+    if n_ckpt != num_classes or head_scale(meta) != cosine_head:
+        log.info("%s: kept the %s trunk of %s (%d classes, %s head); new %d-way %s head", name,
+                 name, weights, n_ckpt, _head_name(head_scale(meta)), num_classes,
+                 _head_name(cosine_head))
+        model.reset_classifier(num_classes, cosine_head)
     return model
+
+
+def _head_name(scale: float) -> str:
+    return f"cosine (scale {scale:g})" if scale > 0 else "linear"
 
 
 def load_model(path: str | Path, *, arch: str | None = None,
@@ -402,8 +455,13 @@ def load_model(path: str | Path, *, arch: str | None = None,
     if class_names is not None and list(meta["class_names"]) != list(class_names):
         raise InputError(f"{path}: checkpoint classes {meta['class_names']} differ from the "
                          f"task's {list(class_names)}; use the checkpoint of this task")
-    model = _build(meta["arch"], len(head_classes(meta)), int(meta["in_chans"]), False, False)
-    model.load_state_dict(ckpt["model"])
+    model = _build(meta["arch"], len(head_classes(meta)), int(meta["in_chans"]), False, False,
+                   head_scale(meta))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise InputError(f"{path}: weights do not fit a {meta['arch']} with a "
+                         f"{_head_name(head_scale(meta))} head ({err})") from None
     if meta.get("fold") is not None:
         try:
             model.set_fold(meta["fold"])

@@ -116,6 +116,7 @@ class TrainSettings(Section):
     ema: float
     mixup: float
     equalize: bool
+    cosine_head: float
     progressive_scale: float
     progressive_epochs: float
     eval_batch_size: int

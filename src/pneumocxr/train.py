@@ -343,7 +343,8 @@ def fit(
     cache = ResumeCache(f"train/{task}/{arch}", params_key(key_parts), root=resume_root)
 
     set_determinism(seed)
-    model = create_model(arch, len(class_names), in_chans=1, weights=weights).to(dev)
+    model = create_model(arch, len(class_names), in_chans=1, weights=weights,
+                         cosine_head=p.cosine_head).to(dev)
     if p.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = build_criterion(
@@ -413,6 +414,7 @@ def fit(
     meta = {
         "arch": arch, "task": task, "class_names": list(class_names), "in_chans": 1,
         "input_size": int(input_size), "normalization": normalization,
+        "cosine_head": p.cosine_head,
         "normalization_note": "x = (uint8 / 255 - mean) / std, applied outside the model",
         "best_epoch": best["epoch"], "val": best["metrics"], "select": p.select,
         "params": recipe, "seed": seed, "precision": precision, "channels_last": p.channels_last,
