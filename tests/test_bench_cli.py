@@ -166,6 +166,16 @@ def test_knn_shift_names_the_missing_models_of_the_workdir(tmp_path, capsys, mon
     assert "recipe_ablation.py --variants base" in err and not (tmp_path / "o.json").exists()
 
 
+def test_seed_ensembles_names_the_missing_models_of_the_workdir(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    with pytest.raises(SystemExit) as exc:
+        _load("seed_ensembles").main(["--workdir", str(tmp_path), "--seeds", "7", "8",
+                                      "--out", str(tmp_path / "o.json")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "resnet18_base_2x_seed8/best.pt" in err
+    assert "--variants base base_2x" in err and not (tmp_path / "o.json").exists()
+
+
 def test_seed_spread_refuses_a_workflow_without_prepared_arrays(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     (tmp_path / "params.yaml").write_text((BENCH.parent / "params.yaml").read_text())
