@@ -114,6 +114,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # accuracy) gains > 1 point and its proxy-D accuracy does not fall, while the head's
     # criterion loses no more than 0.002 and its proxy-D AUROC no more than its seed spread
     "cosine_head_16": {"cosine_head": 16.0},
+    # fixed before any run (2026-12-04): random erasing with probability 0.5 (Zhong et al.
+    # 2020's setting; train.augment.erase), against features of one region (a marker, a
+    # label) that another acquisition does not keep; the standard rule (criterion >= +0.002,
+    # proxy D no loss beyond its seed spread)
+    "erase_0.5": {"augment": {"erase": 0.5}},
 }
 #: variants trained for another task than binary (their binary figures fold its probabilities)
 TASKS = {"joint_three_class": "three_class", "joint_three_class_2x": "three_class"}

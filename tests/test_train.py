@@ -542,14 +542,14 @@ def test_augment_is_seeded_keeps_range_and_disabled_augment_is_identity():
     assert a.shape == (4, 1, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
     assert a.min() >= 0 and a.max() <= 1
     off = Augment(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, rotation=0.0, brightness=0.0,
-                  contrast=0.0, gamma=0.0, blur=0.0, noise=0.0)
+                  contrast=0.0, gamma=0.0, blur=0.0, noise=0.0, erase=0.0)
     assert torch.equal(off(x, torch.Generator()), x)
 
 
 def test_augment_flip_only_mirrors_the_image():
     x = torch.rand(2, 1, 16, 16)
     flip = Augment(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=1.0, rotation=0.0, brightness=0.0,
-                   contrast=0.0, gamma=0.0, blur=0.0, noise=0.0)
+                   contrast=0.0, gamma=0.0, blur=0.0, noise=0.0, erase=0.0)
     assert torch.allclose(flip(x, torch.Generator()), x.flip(-1), atol=1e-6)
     assert Augment.from_params({"scale": [1.0, 1.0], "ratio": [1.0, 1.0], "hflip": 1.0,
                                 "rotation": 0.0, "brightness": 0.0, "contrast": 0.0}) == flip
@@ -580,6 +580,32 @@ def test_acquisition_jitter_leaves_the_other_draws_and_changes_what_it_says():
     # the geometric and intensity draws come first and are the same with the jitter on
     both = dataclasses.replace(base, gamma=0.0, blur=0.0, noise=1e-9)
     assert torch.allclose(both(x, gen(), size=32), base(x, gen(), size=32), atol=1e-6)
+
+
+def test_random_erasing_fills_one_rectangle_with_noise_and_leaves_the_other_draws():
+    from pneumocxr.datasets import ERASE_AREA
+    x = torch.full((64, 1, 32, 32), 0.5)
+    only = dict(scale=[1.0, 1.0], ratio=[1.0, 1.0], hflip=0.0, rotation=0.0, brightness=0.0,
+                contrast=0.0)
+    gen = lambda: torch.Generator().manual_seed(4)   # noqa: E731
+    e = Augment.from_params({**only, "erase": 0.5})(x, gen())
+    assert torch.equal(e, Augment.from_params({**only, "erase": 0.5})(x, gen()))
+    changed = (e != 0.5).flatten(1)
+    erased = changed.any(dim=1)
+    assert 16 < int(erased.sum()) < 48          # about half the images
+    for img, ch in zip(e[erased], changed[erased]):
+        rows, cols = ch.view(32, 32).any(dim=1), ch.view(32, 32).any(dim=0)
+        # one axis-aligned rectangle, of the configured area (to a pixel's rounding)
+        assert int(ch.sum()) >= 0.9 * int(rows.sum()) * int(cols.sum())
+        assert int(rows.sum()) * int(cols.sum()) <= (ERASE_AREA[1] + 0.1) * 32 * 32
+        assert img.min() >= 0 and img.max() <= 1
+    everyone = Augment.from_params({**only, "erase": 1.0})(x, gen())
+    assert bool((everyone != 0.5).flatten(1).any(dim=1).all())
+    # the geometric and intensity draws come first and are the same with erasing on
+    base = Augment.from_params()
+    y = to_float(torch.from_numpy(synthetic_images(np.array([0, 1, 2, 1]), 40))[:, None])
+    tiny = dataclasses.replace(base, erase=1e-12)
+    assert torch.equal(tiny(y, gen(), size=32), base(y, gen(), size=32))
 
 
 def test_gaussian_blur_sigma_zero_is_identity_and_a_constant_image_stays_constant():

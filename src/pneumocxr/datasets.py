@@ -158,6 +158,12 @@ def to_float(batch: torch.Tensor, size: int | None = None) -> torch.Tensor:
     return x
 
 
+#: random erasing (``train.augment.erase``): the rectangle's share of the image's area and its
+#: aspect range, Zhong et al. (2020)'s defaults
+ERASE_AREA = (0.02, 0.33)
+ERASE_RATIO = (0.3, 3.3)
+
+
 @dataclass(frozen=True)
 class Augment(AugmentSettings):
     """Random augmentation of a float batch (B, C, H, W) in [0, 1], square images.
@@ -175,9 +181,13 @@ class Augment(AugmentSettings):
         blur: Gaussian blur with sigma ``U(0, blur)`` pixels of the output (another focal spot,
             another resampling).
         noise: additive Gaussian noise with std ``U(0, noise)`` (another dose).
+        erase: probability of random erasing (Zhong et al. 2020): a rectangle of
+            ``ERASE_AREA`` of the image's area and aspect ``ERASE_RATIO`` (log-uniform) filled
+            with uniform noise, so no one region (a marker, a label, a lung) decides alone.
 
     The acquisition jitter (gamma, blur, noise) draws its random numbers after the others, and
-    only when one of them is on, so turning it on leaves the other draws as they were.
+    only when one of them is on, so turning it on leaves the other draws as they were; the
+    erasing draws come last, only when it is on.
     """
 
     @property
@@ -188,6 +198,24 @@ class Augment(AugmentSettings):
     @property
     def acquisition(self) -> bool:
         return self.gamma > 0 or self.blur > 0 or self.noise > 0
+
+    def random_erase(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Each image of ``x`` with probability ``erase`` gets one rectangle of noise."""
+        n, c, h, w = x.shape
+        u = torch.rand(n, 5, generator=generator, dtype=torch.float64)
+        area = ERASE_AREA[0] + (ERASE_AREA[1] - ERASE_AREA[0]) * u[:, 0]
+        lo, hi = math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1])
+        r = torch.exp(lo + (hi - lo) * u[:, 1])
+        eh, ew = torch.sqrt(area * r).clamp(max=1.0), torch.sqrt(area / r).clamp(max=1.0)
+        y0, x0 = (1.0 - eh) * u[:, 2], (1.0 - ew) * u[:, 3]
+        on = u[:, 4] < self.erase
+        ys = (torch.arange(h, dtype=torch.float64) + 0.5) / h
+        xs = (torch.arange(w, dtype=torch.float64) + 0.5) / w
+        rows = (ys[None] >= y0[:, None]) & (ys[None] < (y0 + eh)[:, None])
+        cols = (xs[None] >= x0[:, None]) & (xs[None] < (x0 + ew)[:, None])
+        mask = (rows[:, :, None] & cols[:, None, :] & on[:, None, None])[:, None]
+        fill = torch.rand(x.shape, generator=generator)
+        return torch.where(mask.to(x.device), fill.to(x.device, x.dtype), x)
 
     def affine(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """(n, 2, 3) affine maps from output to input coordinates (``affine_grid`` convention)."""
@@ -235,6 +263,8 @@ class Augment(AugmentSettings):
         if v is not None and self.noise > 0:
             z = torch.randn(x.shape, generator=generator).to(x.device)
             x = x + z * (self.noise * v[:, 2]).view(n, 1, 1, 1)
+        if self.erase > 0:
+            x = self.random_erase(x.clamp(0.0, 1.0), generator)
         return x.clamp(0.0, 1.0)
 
 

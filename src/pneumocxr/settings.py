@@ -74,7 +74,7 @@ class Section:
 @dataclass(frozen=True)
 class AugmentSettings(Section):
     """``train.augment``: random resized crop, flip, rotation, brightness and contrast, and
-    the acquisition jitter (gamma, blur, noise)."""
+    the acquisition jitter (gamma, blur, noise), random erasing."""
 
     SECTION: ClassVar[str] = "train.augment"
     scale: tuple[float, float]
@@ -86,6 +86,7 @@ class AugmentSettings(Section):
     gamma: float
     blur: float
     noise: float
+    erase: float
 
 
 @dataclass(frozen=True)
