@@ -187,6 +187,12 @@ def compare_to(runs: list[dict], variant: str, reference: str = "base") -> dict:
             (by[variant, s]["val_auroc"] + by[variant, s]["proxy_auroc"]
              - by[reference, s]["val_auroc"] - by[reference, s]["proxy_auroc"]) / 2
             for s in seeds), 4)
+        # the confirmatory criterion of bench/README's random-erasing section (fixed before
+        # its run): val, proxy A and proxy D AUROC, each a third
+        out["three_proxy_score_delta"] = round(statistics.fmean(
+            sum(by[variant, s][k] - by[reference, s][k]
+                for k in ("val_auroc", "proxy_auroc", "processing_auroc")) / 3
+            for s in seeds), 4)
         secs = {(r["variant"], r["seed"]): r["train_seconds"] for r in runs}
         timed = [s for s in seeds if secs[variant, s] and secs[reference, s]]
         out["train_seconds_ratio"] = (round(statistics.fmean(
