@@ -55,7 +55,7 @@ from pneumocxr.knn import CRITERIA, make_classifier, select_knn
 from pneumocxr.logits import probabilities
 from pneumocxr.models import load_model
 from pneumocxr.utils import set_threads
-from recipe_ablation import PROCESSING, processing_images
+from recipe_ablation import PROCESSING, model_path, processing_images
 
 RULES = ("shipped", "prior", "centred", "centred_prior", "centroid")
 SETS = ("val", "proxy", "processing", "test")
@@ -199,8 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
     processed = work / "processed"
     if args.variants[0] != "base":
         ap.error("--variants: base comes first (the others are compared with it)")
-    models = {(v, s): work / "models" / f"{args.arch}_{v}_seed{s}" / "best.pt"
-              for v in args.variants for s in args.seeds}
+    models = {(v, s): model_path(work, args.arch, v, s) for v in args.variants for s in args.seeds}
     missing = [str(p) for p in models.values() if not p.is_file()]
     if not (processed / "info.json").is_file() or missing:
         ap.error(f"--workdir {work}: needs processed/info.json and {missing or 'the models'} "

@@ -158,11 +158,21 @@ def processing_images(images: np.ndarray, seed: int) -> np.ndarray:
     return np.stack(out)
 
 
-def _argmax_rates(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+def argmax_rates(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     pred = probs.argmax(axis=1) != 0
     return {"auroc": float(roc_auc_score(y, 1.0 - probs[:, 0])),
             "accuracy": float((pred == (y == 1)).mean()),
             "specificity": float((~pred[y == 0]).mean())}
+
+
+def run_name(arch: str, variant: str, seed: int) -> str:
+    """The folder of one run under ``<workdir>/models`` and ``<workdir>/results``."""
+    return f"{arch}_{variant}_seed{seed}"
+
+
+def model_path(workdir: Path, arch: str, variant: str, seed: int) -> Path:
+    """The ``best.pt`` of one run of a ``--workdir`` (what knn_shift and seed_ensembles read)."""
+    return workdir / "models" / run_name(arch, variant, seed) / "best.pt"
 
 
 def compare_to(runs: list[dict], variant: str, reference: str = "base") -> dict:
@@ -290,8 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
         for name in args.variants:
             train_params = variant_recipe(recipe, args.arch, args.epochs, name)
             task = TASKS.get(name, "binary")
-            run_name = f"{args.arch}_{name}_seed{seed}"
-            model, res = work / "models" / run_name, work / "results" / run_name
+            model = model_path(work, args.arch, name, seed).parent
+            res = work / "results" / run_name(args.arch, name, seed)
             t0 = time.perf_counter()
             summary = run_training(
                 processed, {"model": model / "best.pt", "history": res / "history.csv",
@@ -311,11 +321,11 @@ def main(argv: list[str] | None = None) -> dict:
             logits = predict_logits(net, proxy, normalization=meta["normalization"],
                                     input_size=int(meta["input_size"]),
                                     precision=meta.get("precision", "fp32"))
-            shifted = _argmax_rates(y_proxy, probabilities(logits, float(cal["temperature"])))
+            shifted = argmax_rates(y_proxy, probabilities(logits, float(cal["temperature"])))
             logits = predict_logits(net, processing, normalization=meta["normalization"],
                                     input_size=int(meta["input_size"]),
                                     precision=meta.get("precision", "fp32"))
-            processed_d = _argmax_rates(y_proxy,
+            processed_d = argmax_rates(y_proxy,
                                         probabilities(logits, float(cal["temperature"])))
             figures = {"val_auroc": metrics["val"]["auroc"]["value"],
                        "val_accuracy": metrics["val"]["accuracy"]["value"],
@@ -328,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict:
                     logits = predict_logits(net, data.images, normalization=meta["normalization"],
                                             input_size=int(meta["input_size"]),
                                             precision=meta.get("precision", "fp32"))
-                    rates = _argmax_rates(data.y_binary,
+                    rates = argmax_rates(data.y_binary,
                                           probabilities(logits, float(cal["temperature"])))
                     figures[f"{task}_{split}_accuracy"] = figures[f"{split}_accuracy"]
                     figures[f"{split}_auroc"] = rates["auroc"]

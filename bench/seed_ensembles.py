@@ -6,7 +6,8 @@ gain under a dataset shift in Ovadia et al. (2019). Here it is compared at equal
 ``base`` models of ``recipe_ablation.py`` (``--epochs`` each) against one ``base_2x`` model
 (twice the epochs), and three ``base`` models against the mean single one. Each member's
 probabilities are temperature-scaled with its own ``calibration.json``; an ensemble averages
-them; AUROC of p(pneumonia) = 1 - p(normal), accuracy and specificity at argmax.
+them; AUROC of p(pneumonia) = 1 - p(normal), accuracy and specificity at argmax
+(``recipe_ablation.argmax_rates``).
 
 Criterion, fixed before the run (2026-12-04): the mean of val and proxy-A AUROC, as in
 ``recipe_ablation.py``. The two-seed ensembles (each pair of the seeds, their mean) are a
@@ -27,7 +28,6 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 from _common import write
 from operating_point import PROXY, proxy_images
@@ -37,33 +37,27 @@ from pneumocxr.inference import predict_logits
 from pneumocxr.logits import probabilities
 from pneumocxr.models import load_model
 from pneumocxr.utils import set_threads
-from recipe_ablation import PROCESSING, processing_images
+from recipe_ablation import PROCESSING, argmax_rates, model_path, processing_images
 
 SETS = ("val", "proxy", "processing", "test")
 BAR = 0.002
 
 
-def rates(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """AUROC, and accuracy and specificity at argmax, of p(pneumonia) ``p``."""
-    pred = p > 0.5
-    return {"auroc": round(float(roc_auc_score(y, p)), 4),
-            "accuracy": round(float((pred == (y == 1)).mean()), 4),
-            "specificity": round(float((~pred[y == 0]).mean()), 4)}
-
-
 def member_probs(path: Path, images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Temperature-scaled p(pneumonia) of one model on every set."""
+    """Temperature-scaled class probabilities of one model on every set."""
     net, meta = load_model(path)
     t = float(load_calibration(path.parent / "calibration.json")["temperature"])
-    return {n: 1.0 - probabilities(predict_logits(net, x, normalization=meta["normalization"],
-                                                  input_size=int(meta["input_size"]),
-                                                  precision=meta.get("precision", "fp32")),
-                                   t)[:, 0]
+    return {n: probabilities(predict_logits(net, x, normalization=meta["normalization"],
+                                            input_size=int(meta["input_size"]),
+                                            precision=meta.get("precision", "fp32")), t)
             for n, x in images.items()}
 
 
 def figures(y: dict[str, np.ndarray], members: list[dict[str, np.ndarray]]) -> dict:
-    out = {n: rates(y[n], np.mean([m[n] for m in members], axis=0)) for n in SETS}
+    """The members' averaged probabilities scored on every set (``argmax_rates``)."""
+    out = {n: {k: round(v, 4)
+               for k, v in argmax_rates(y[n], np.mean([m[n] for m in members], axis=0)).items()}
+           for n in SETS}
     out["criterion"] = round((out["val"]["auroc"] + out["proxy"]["auroc"]) / 2, 4)
     return out
 
@@ -90,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", required=True, help="JSON summary to write")
     args = ap.parse_args(argv)
     work = Path(args.workdir)
-    models = {(v, s): work / "models" / f"{args.arch}_{v}_seed{s}" / "best.pt"
+    models = {(v, s): model_path(work, args.arch, v, s)
               for v in ("base", "base_2x") for s in args.seeds}
     missing = [str(p) for p in models.values() if not p.is_file()]
     if not (work / "processed" / "info.json").is_file() or missing or len(args.seeds) < 2:

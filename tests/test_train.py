@@ -226,6 +226,13 @@ def test_mixup_trains_on_blended_pairs_seeded_like_every_other_draw(processed, t
         TrainSettings.for_task({"mixup": -0.1}, "binary")
 
 
+def test_a_negative_cosine_head_or_an_erase_probability_above_one_names_the_key():
+    with pytest.raises(ParamsError, match=r"train\.cosine_head"):
+        TrainSettings.for_task({"cosine_head": -1.0}, "binary")
+    with pytest.raises(ParamsError, match=r"train\.augment\.erase"):
+        Augment.from_params({"erase": 1.5})
+
+
 def test_progressive_schedule_rounds_the_side_and_the_epochs():
     def schedule(side, arch="resnet18", **kw):
         return progressive_schedule(side, TrainSettings.for_task({"epochs": 10, **kw}, "binary"),

@@ -264,7 +264,7 @@ class Augment(AugmentSettings):
             z = torch.randn(x.shape, generator=generator).to(x.device)
             x = x + z * (self.noise * v[:, 2]).view(n, 1, 1, 1)
         if self.erase > 0:
-            x = self.random_erase(x.clamp(0.0, 1.0), generator)
+            x = self.random_erase(x, generator)
         return x.clamp(0.0, 1.0)
 
 
